@@ -349,7 +349,9 @@ def test_constant_records_relative_threshold() -> None:
     rec_r[:, 13] = 0.5 * (1 + 1e-3 * rng.standard_normal(rec_r.shape[0]))
     for name, rec in (("forget", rec_f), ("retain", rec_r)):
         st = w[name]
-        w[name] = SetStats(st.sum_abs, st.sum_sq, st.tokens, rec.sum(0), (rec**2).sum(0), rec.shape[0])
+        w[name] = SetStats(
+            st.sum_abs, st.sum_sq, st.tokens, rec.sum(0), (rec**2).sum(0), rec.shape[0]
+        )
     res = run(w, MethodParams(ratio=0.2))
     assert not res.live[CONSTANT]
     assert res.live[13]
