@@ -1,0 +1,3 @@
+from ucan_cli.cli import main
+
+main()

@@ -1,0 +1,233 @@
+"""Reading and validating record files (SPEC section 2, Data).
+
+JSONL is read line by line so that every error names the file, the line and the field. Parquet,
+Arrow and Hugging Face dataset directories go through ``datasets``; their "line" is the row
+number (1-based). A record is either Alpaca (``instruction``, optional ``input``, ``output``) or
+prompt/completion (``prompt``, ``completion``); ``candidates`` (distinct strings containing the
+response), ``id`` and ``user_id`` are optional; extra fields are kept for templates and never
+copied into reports.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ucan_cli.errors import InputError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
+DATASETS_SUFFIXES = (".parquet", ".arrow")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One validated record. ``line`` is the 1-based line (or row) it came from."""
+
+    line: int
+    kind: str  # "alpaca" or "prompt"
+    fields: dict
+    id: str | None = None
+    user_id: str | None = None
+    candidates: tuple[str, ...] | None = None
+
+    @property
+    def response(self) -> str:
+        return self.fields["output"] if self.kind == "alpaca" else self.fields["completion"]
+
+    @property
+    def target_index(self) -> int | None:
+        """Index of the response in ``candidates`` (None without candidates)."""
+        return None if self.candidates is None else self.candidates.index(self.response)
+
+
+@dataclass(frozen=True)
+class RecordSet:
+    """The validated records of one file, with where they came from."""
+
+    path: Path
+    role: str  # forget, retain, holdout, ...
+    records: tuple[Record, ...]
+    sha256: str
+    n_total: int = 0  # before --max-samples
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    @property
+    def has_candidates(self) -> bool:
+        return all(r.candidates is not None for r in self.records)
+
+    def sample(self, max_samples: int | None, seed: int) -> RecordSet:
+        """A seeded subset of at most ``max_samples`` records, kept in file order."""
+        if max_samples is None or max_samples >= len(self.records):
+            return self
+        if max_samples <= 0:
+            raise InputError(f"--max-samples must be positive, got {max_samples}")
+        rng = np.random.default_rng([seed, _role_salt(self.role)])
+        keep = np.sort(rng.choice(len(self.records), size=max_samples, replace=False))
+        return RecordSet(self.path, self.role, tuple(self.records[i] for i in keep), self.sha256, len(self.records), self.extra)
+
+    def split_halves(self, seed: int) -> tuple[list[int], list[int]]:
+        """A seeded split of record indices into two halves (the noise reference of SPEC step 1)."""
+        rng = np.random.default_rng([seed, _role_salt("halves")])
+        order = rng.permutation(len(self.records))
+        half = len(order) // 2
+        return sorted(order[:half].tolist()), sorted(order[half:].tolist())
+
+
+def _role_salt(role: str) -> int:
+    return int.from_bytes(hashlib.sha256(role.encode()).digest()[:4], "little")
+
+
+def _where(path: Path, line: int, fieldname: str | None = None) -> str:
+    return f"{path}:{line}" + (f": field '{fieldname}'" if fieldname else "")
+
+
+def _as_id(value, path: Path, line: int, name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(f"{_where(path, line, name)} must be a string or an integer")
+    return str(value)
+
+
+def validate_record(obj, path: Path, line: int) -> Record:
+    """Check one parsed JSON value against the record schema; raise ``InputError`` naming the field."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{_where(path, line)}: expected a JSON object, got {type(obj).__name__}")
+    if "instruction" in obj or "output" in obj:
+        kind, required, optional = "alpaca", ("instruction", "output"), ("input",)
+    elif "prompt" in obj or "completion" in obj:
+        kind, required, optional = "prompt", ("prompt", "completion"), ()
+    else:
+        raise InputError(
+            f"{_where(path, line, 'instruction')} is missing (records need instruction/output or prompt/completion)"
+        )
+    for name in required:
+        if name not in obj:
+            raise InputError(f"{_where(path, line, name)} is missing")
+        if not isinstance(obj[name], str):
+            raise InputError(f"{_where(path, line, name)} must be a string, got {type(obj[name]).__name__}")
+    for name in optional:
+        if name in obj and obj[name] is not None and not isinstance(obj[name], str):
+            raise InputError(f"{_where(path, line, name)} must be a string, got {type(obj[name]).__name__}")
+    response = obj[required[1]]
+    if not response:
+        raise InputError(f"{_where(path, line, required[1])} is empty")
+    candidates = None
+    if obj.get("candidates") is not None:
+        cands = obj["candidates"]
+        if not isinstance(cands, list) or not cands or not all(isinstance(c, str) and c for c in cands):
+            raise InputError(f"{_where(path, line, 'candidates')} must be a non-empty list of non-empty strings")
+        if len(set(cands)) != len(cands):
+            dup = next(c for c in cands if cands.count(c) > 1)
+            raise InputError(f"{_where(path, line, 'candidates')} has the duplicate candidate {dup!r}")
+        if response not in cands:
+            raise InputError(f"{_where(path, line, required[1])} {response!r} is not among the candidates")
+        candidates = tuple(cands)
+    return Record(
+        line=line,
+        kind=kind,
+        fields=obj,
+        id=_as_id(obj.get("id"), path, line, "id"),
+        user_id=_as_id(obj.get("user_id"), path, line, "user_id"),
+        candidates=candidates,
+    )
+
+
+def _iter_jsonl(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for lineno, line_bytes in enumerate(io.BytesIO(raw), start=1):
+        try:
+            text = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{_where(path, lineno)}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        text = text.strip()
+        if not text:
+            continue
+        try:
+            yield lineno, json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{_where(path, lineno)}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _iter_datasets(path: Path) -> Iterator[tuple[int, object]]:
+    import datasets
+
+    try:
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                raise InputError(f"{path}: a DatasetDict with splits {list(ds)}; point at one split's directory")
+        elif path.suffix == ".parquet":
+            ds = datasets.Dataset.from_parquet(str(path))
+        else:
+            ds = datasets.Dataset.from_file(str(path))
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read as a dataset ({exc})") from None
+    for row, obj in enumerate(ds, start=1):
+        yield row, {k: v for k, v in obj.items() if v is not None}
+
+
+def read_records(path: str | Path, role: str = "data") -> RecordSet:
+    """Read and validate a record file; every problem is an ``InputError`` naming file, line, field."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {role} file not found")
+    digest = hashlib.sha256()
+    if path.is_dir() or path.name.endswith(DATASETS_SUFFIXES):
+        items: Iterable[tuple[int, object]] = _iter_datasets(path)
+        digest.update(str(path.resolve()).encode())
+    else:
+        raw = path.read_bytes()
+        digest.update(raw)
+        if path.name.endswith(".gz"):
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError) as exc:
+                raise InputError(f"{path}: not a valid gzip file ({exc})") from None
+        items = _iter_jsonl(path, raw)
+    records: list[Record] = []
+    seen_ids: dict[str, int] = {}
+    for line, obj in items:
+        record = validate_record(obj, path, line)
+        if record.id is not None:
+            if record.id in seen_ids:
+                raise InputError(
+                    f"{_where(path, line, 'id')} {record.id!r} duplicates line {seen_ids[record.id]}"
+                )
+            seen_ids[record.id] = line
+        records.append(record)
+    if not records:
+        raise InputError(f"{path}: {role} file is empty (no records)")
+    return RecordSet(path=path, role=role, records=tuple(records), sha256=digest.hexdigest(), n_total=len(records))
+
+
+def check_disjoint(forget: RecordSet, retain: RecordSet, *, allow_overlap: bool = False) -> None:
+    """The same ``id`` or ``user_id`` in forget and retain is an input error unless allowed."""
+    if allow_overlap:
+        return
+    for attr in ("id", "user_id"):
+        forget_values = {getattr(r, attr): r for r in forget if getattr(r, attr) is not None}
+        for record in retain:
+            value = getattr(record, attr)
+            if value is not None and value in forget_values:
+                first = forget_values[value]
+                raise InputError(
+                    f"{_where(retain.path, record.line, attr)} {value!r} is also in the forget set "
+                    f"({forget.path}:{first.line}); pass --allow-overlap if that is intended"
+                )

