@@ -12,6 +12,7 @@ import functools
 import inspect
 import sys
 import traceback
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,6 +26,7 @@ PANEL_DATA = "Data"
 PANEL_METHOD = "Method"
 PANEL_OUTPUT = "Output"
 PANEL_PERF = "Performance"
+CONTEXT_PARAM = "ucan_context"
 
 
 @dataclass(frozen=True)
@@ -104,27 +106,63 @@ def _load_config(path: Path, command: str) -> dict:
     return {"top": top, "own": own}
 
 
-def _apply_config(kwargs: dict, command: str) -> dict:
-    import click
+def _convert(value, annotation, name: str, path: Path):
+    """Convert a TOML value to a command parameter's type (the types ucan's options use)."""
+    import enum
 
+    base = typing.get_origin(annotation)
+    if base is Annotated:
+        annotation = typing.get_args(annotation)[0]
+        base = typing.get_origin(annotation)
+    if base in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else annotation
+        base = typing.get_origin(annotation)
+    if base in (list, tuple):
+        (item,) = typing.get_args(annotation)[:1] or (str,)
+        if not isinstance(value, list):
+            value = [value]
+        return [_convert(v, item, name, path) for v in value]
+    wrong = InputError(f"{path}: option {name!r}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+    if annotation in (str, Path):
+        if not isinstance(value, str):
+            raise wrong
+        return annotation(value)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        try:
+            return annotation(value)
+        except ValueError:
+            raise wrong from None
+    return value
+
+
+def _apply_config(kwargs: dict, ctx, annotations: dict, command: str) -> dict:
+    """Fill options not given on the command line from ``--config`` (top-level keys, then [command])."""
     config_path = kwargs.get("config")
     if config_path is None:
         return kwargs
-    ctx = click.get_current_context()
     loaded = _load_config(Path(config_path), command)
-    params = {p.name: p for p in ctx.command.params}
-    unknown = sorted(set(loaded["own"]) - set(params))
+    unknown = sorted(set(loaded["own"]) - set(annotations))
     if unknown:
         raise InputError(f"{config_path}: [{command}] has unknown option(s): {', '.join(unknown)}")
-    merged = {**{k: v for k, v in loaded["top"].items() if k in params}, **loaded["own"]}
+    merged = {**{k: v for k, v in loaded["top"].items() if k in annotations}, **loaded["own"]}
     for name, value in merged.items():
-        source = ctx.get_parameter_source(name)
+        source = ctx.get_parameter_source(name) if ctx is not None else None
         if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
             continue  # command-line flags win
-        try:
-            kwargs[name] = params[name].type_cast_value(ctx, value)
-        except click.BadParameter as exc:
-            raise InputError(f"{config_path}: option {name!r}: {exc.message}") from None
+        kwargs[name] = _convert(value, annotations[name], name, Path(config_path))
     return kwargs
 
 
@@ -145,18 +183,25 @@ def ucan_command(*, model: bool = True):
 
     def decorate(fn):
         signature = inspect.signature(fn)
-        params = [p for p in signature.parameters.values() if p.name != "rt"]
+        # Resolve string annotations (``from __future__ import annotations``) so Typer sees the
+        # Annotated option metadata of the command's own parameters.
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "rt"]
         extra = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[ann, option])
             for name, (ann, default, option) in specs.items()
         ]
         command_name = fn.__name__.rstrip("_").replace("_", "-")
 
+        annotations = {p.name: p.annotation for p in params + extra}
+        context_param = inspect.Parameter(CONTEXT_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            ctx = kwargs.pop(CONTEXT_PARAM, None)
             verbose = kwargs.get("verbose", 0)
             try:
-                kwargs = _apply_config(kwargs, command_name)
+                kwargs = _apply_config(kwargs, ctx, annotations, command_name)
                 rt = RuntimeOptions(**{name: kwargs.pop(name) for name in specs})
                 return fn(*args, rt=rt, **kwargs)
             except typer.Exit:
@@ -176,7 +221,8 @@ def ucan_command(*, model: bool = True):
                 _report_error(f"{type(exc).__name__}: {first} (rerun with -vv for the traceback)")
                 raise typer.Exit(EXIT_RUNTIME) from None
 
-        wrapper.__signature__ = signature.replace(parameters=params + extra)
+        wrapper.__signature__ = signature.replace(parameters=params + extra + [context_param], return_annotation=None)
+        wrapper.__annotations__ = {**annotations, CONTEXT_PARAM: typer.Context}
         return wrapper
 
     return decorate

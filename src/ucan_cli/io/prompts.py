@@ -45,7 +45,7 @@ class PromptFormatter:
         if template == "chat" and (tokenizer is None or not getattr(tokenizer, "chat_template", None)):
             raise InputError("--template chat: the tokenizer has no chat template")
 
-    def prompt(self, record: Record, source: Path | None = None) -> str:
+    def prompt(self, record: Record, source: str | Path | None = None) -> str:
         fields = record.fields
         if record.kind == "prompt":
             return fields["prompt"]

@@ -69,7 +69,7 @@ def encode_record(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise InputError("the tokenizer has no eos token; ucan needs one to end responses")
-    prompt = formatter.prompt(record)
+    prompt = formatter.prompt(record, source)
     prompt_ids = list(tokenizer(prompt, add_special_tokens=formatter.adds_special_tokens)["input_ids"])
     response_ids = list(tokenizer(record.response, add_special_tokens=False)["input_ids"]) + [eos]
     where = f"{source or 'data'}:{record.line}"
@@ -175,7 +175,8 @@ class Batch:
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... over the real tokens of each row; padding gets 0 (it is masked anyway)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    mask = attention_mask.long()
+    return (mask.cumsum(-1) - 1).clamp(min=0) * mask
 
 
 def collate(
