@@ -565,3 +565,15 @@ def test_malformed_lines_are_named_by_file_and_line(tmp_path):
     data.write_text("1\t99\t3\t4\n")
     with pytest.raises(InputError, match=r"item ids missing from .*u\.item: 99"):
         prepare_movielens(PrepareOptions(), source=src, dry_run=True)
+
+
+@pytest.mark.parametrize(
+    ("command", "example"),
+    [("movielens", "ucan prepare movielens -o data/ml100k"), ("split", "--forget-users 12,85,301")],
+)
+def test_help_has_examples_and_option_groups(command, example):
+    result = CliRunner().invoke(cli_app(), ["prepare", command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert example in result.stdout and "Examples:" in result.stdout
+    assert "╭─ Data ─" in result.stdout and "╭─ Output ─" in result.stdout
+    assert "--dry-run" in result.stdout and "--json" in result.stdout and "--force" in result.stdout
