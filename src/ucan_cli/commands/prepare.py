@@ -1,26 +1,27 @@
 """``ucan prepare``: real data in. ``movielens`` (the paper's protocol) and ``split`` (by user id).
 
-Thin commands: parse the options, call ``ucan_cli.prepare``, render a table of counts on stderr
-(stdout carries only the manifest with ``--json``). Errors are the ``ucan_cli.errors`` exceptions,
-mapped to exit codes by the main CLI.
+Thin commands: parse the options, call ``ucan_cli.prepare``, render a table of counts (stdout
+carries only the manifest with ``--json``). The shared options (``--seed``, ``--json``,
+``--quiet``, ``-v``, ``--config``) and the mapping of errors to exit codes come from
+``@ucan_command``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ucan_cli.errors import InputError
+from ucan_cli.options import RuntimeOptions, ucan_command
 from ucan_cli.prepare.movielens import PrepareOptions, prepare_movielens
 from ucan_cli.prepare.split import parse_user_ids, read_user_ids_file, split_by_users
+from ucan_cli.ui import UI
 
 app = typer.Typer(
     help="Prepare data: MovieLens-100K by the paper's protocol, or forget/retain files from a deletion request.",
@@ -40,17 +41,15 @@ class Preset(str, Enum):
     bench = "bench"
 
 
-def _render_counts(title: str, counts: dict[str, int], *, note: str | None = None) -> None:
-    console = Console(stderr=True)
-    console.print(f"[bold]{escape(title)}[/bold]")
-    table = Table()
+def _render_counts(ui: UI, title: str, counts: dict[str, int], *, note: str | None = None) -> None:
+    table = Table(title=escape(title), title_justify="left")
     table.add_column("count")
     table.add_column("value", justify="right")
     for name, value in counts.items():
         table.add_row(name.replace("_", " "), f"{value:,}")
-    console.print(table)
+    ui.table(table)
     if note:
-        console.print(note)
+        ui.info(escape(note))
 
 
 def _forget_user_ints(text: str) -> tuple[int, ...]:
@@ -62,6 +61,7 @@ def _forget_user_ints(text: str) -> tuple[int, ...]:
 
 
 @app.command("movielens")
+@ucan_command(model=False)
 def movielens(
     output: Annotated[
         Path | None, _output("--output", "-o", help="DATA_DIR to create (refused if it exists, unless --force).")
@@ -88,10 +88,10 @@ def movielens(
     preset: Annotated[
         Preset, _protocol("--preset", help="default: every train prefix; bench: the last 2 per user.")
     ] = Preset.default,
-    seed: Annotated[int, _protocol("--seed", help="Seeds the forget users and every candidate pool.")] = 0,
-    json_out: Annotated[bool, _output("--json", help="Print the manifest as JSON on stdout (nothing else).")] = False,
     dry_run: Annotated[bool, _output("--dry-run", help="Print the counts only; write nothing.")] = False,
     force: Annotated[bool, _output("--force", help="Replace an existing DATA_DIR.")] = False,
+    *,
+    rt: RuntimeOptions,
 ) -> None:
     """Build MovieLens-100K instruction records by the paper's protocol (5-core, leave-one-out,
     lettered candidate pools, forget users), into train/forget/retain/holdout/valid JSONL.
@@ -115,16 +115,18 @@ def movielens(
         forget_users=None if forget_users is None else _forget_user_ints(forget_users),
         preset=preset.value,
         with_attributes=with_attributes,
-        seed=seed,
+        seed=rt.seed,
     )
     prepared = prepare_movielens(options, source=source, out_dir=output, force=force, dry_run=dry_run)
+    ui = UI(rt)
     where = "dry run: nothing written" if dry_run else f"written to {output}"
-    _render_counts(f"MovieLens-100K ({options.preset} preset, seed {seed})", prepared.counts, note=where)
-    if json_out:
-        typer.echo(json.dumps(prepared.manifest, indent=2, ensure_ascii=False))
+    _render_counts(ui, f"MovieLens-100K ({options.preset} preset, seed {rt.seed})", prepared.counts, note=where)
+    if rt.json:
+        ui.emit_json(prepared.manifest)
 
 
 @app.command("split")
+@ucan_command(model=False)
 def split(
     data: Annotated[Path, _data("--data", help="JSONL (or .jsonl.gz) whose records carry user_id.")],
     forget_users: Annotated[
@@ -139,13 +141,13 @@ def split(
     retain_sample: Annotated[
         int | None, _data("--retain-sample", metavar="N", help="Keep a seeded sample of N retain records.")
     ] = None,
-    seed: Annotated[int, _data("--seed", help="Seeds --retain-sample.")] = 0,
     output: Annotated[
         Path | None, _output("--output", "-o", help="DIR to create: forget.jsonl, retain.jsonl, manifest.json.")
     ] = None,
-    json_out: Annotated[bool, _output("--json", help="Print the manifest as JSON on stdout (nothing else).")] = False,
     dry_run: Annotated[bool, _output("--dry-run", help="Print the counts only; write nothing.")] = False,
     force: Annotated[bool, _output("--force", help="Replace an existing DIR.")] = False,
+    *,
+    rt: RuntimeOptions,
 ) -> None:
     """Split a JSONL file into forget and retain by user id: every record of a forgotten user goes
     to forget.jsonl. Unknown user ids are an error (exit 2) unless --ignore-missing.
@@ -164,7 +166,7 @@ def split(
         ids,
         out_dir=output,
         retain_sample=retain_sample,
-        seed=seed,
+        seed=rt.seed,
         ignore_missing=ignore_missing,
         force=force,
         dry_run=dry_run,
@@ -172,6 +174,7 @@ def split(
     where = "dry run: nothing written" if dry_run else f"written to {output}"
     if result.missing_user_ids:
         where += f"; {len(result.missing_user_ids)} forget user id(s) had no record: {', '.join(result.missing_user_ids)}"
-    _render_counts(f"split of {data.name}", result.counts, note=where)
-    if json_out:
-        typer.echo(json.dumps(result.manifest, indent=2, ensure_ascii=False))
+    ui = UI(rt)
+    _render_counts(ui, f"split of {data.name}", result.counts, note=where)
+    if rt.json:
+        ui.emit_json(result.manifest)
