@@ -1,0 +1,67 @@
+"""`ucan inspect` on a Llama-2-7B-shaped adapter: r=8 on q_proj and v_proj, 32 layers, width 4096.
+
+Times the library path the command runs (read the adapter, summarize every module from its QR
+core, build the JSON document), in-process, excluding interpreter start-up. Target: < 1 s.
+
+    python benchmarks/inspect_7b.py           # the 7B shape
+    python benchmarks/inspect_7b.py --quick   # 4 layers, for CI smoke runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def make_adapter(root: Path, layers: int, width: int, r: int, dtype: torch.dtype) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i in range(layers):
+        for proj in ("q_proj", "v_proj"):
+            prefix = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+            tensors[f"{prefix}.lora_A.weight"] = (torch.randn(r, width, generator=gen) * 0.01).to(dtype)
+            tensors[f"{prefix}.lora_B.weight"] = (torch.randn(width, r, generator=gen) * 0.01).to(dtype)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(root / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+    (root / "adapter_config.json").write_text(json.dumps(config))
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    layers = 4 if args.quick else 32
+
+    from ucan_cli.inspection import summarize_adapter
+    from ucan_cli.io.adapter import LoraAdapter
+    from ucan_cli.report.inspect import inspect_document
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for dtype in (torch.float32, torch.bfloat16):
+            path = make_adapter(Path(tmp) / str(dtype), layers, 4096, 8, dtype)
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                adapter = LoraAdapter.load(path)
+                summaries = summarize_adapter(adapter)
+                inspect_document(adapter, summaries, adapter.warnings(), None)
+                times.append(time.perf_counter() - start)
+            rows.append({"dtype": str(dtype).replace("torch.", ""), "modules": len(summaries), "best_s": min(times), "median_s": sorted(times)[len(times) // 2]})
+    print(f"{'dtype':10} {'modules':>8} {'best s':>8} {'median s':>9}")
+    for row in rows:
+        print(f"{row['dtype']:10} {row['modules']:8d} {row['best_s']:8.3f} {row['median_s']:9.3f}")
+    print(json.dumps({"benchmark": "inspect_7b", "layers": layers, "target_s": 1.0, "results": rows}))
+
+
+if __name__ == "__main__":
+    main()
