@@ -1,0 +1,177 @@
+"""``ucan score``: U-CAN statistics and scores for one adapter, written to a score file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ucan_cli.options import PANEL_DATA, PANEL_METHOD, PANEL_MODEL, PANEL_OUTPUT, RuntimeOptions, ucan_command
+
+DEFAULT_RATIO = 0.05
+
+
+def _opt(*names: str, help: str, panel: str, **kw):
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
+
+
+@ucan_command()
+def score(
+    base: Annotated[str, _opt("--base", help="Base model: a local directory, a .gguf file or a Hub id.", panel=PANEL_MODEL)],
+    adapter: Annotated[
+        Path, _opt("--adapter", help="PEFT LoRA adapter directory trained on that base.", panel=PANEL_MODEL)
+    ],
+    forget: Annotated[Path, _opt("--forget", help="Records to forget (JSONL, .jsonl.gz, Parquet, Arrow).", panel=PANEL_DATA)],
+    retain: Annotated[Path, _opt("--retain", help="Records to keep: the contrast and the noise reference.", panel=PANEL_DATA)],
+    output: Annotated[
+        Optional[Path],
+        _opt("--output", "-o", help="Score file to write (safetensors). Required unless --dry-run.", panel=PANEL_OUTPUT),
+    ] = None,
+    unit: Annotated[
+        str,
+        _opt("--unit", help="output: one unit per output neuron of each LoRA update (fine); rank: one per LoRA rank (coarse).", panel=PANEL_METHOD),
+    ] = "output",
+    token_scope: Annotated[
+        str,
+        _opt(
+            "--token-scope",
+            help="Tokens whose activations count: response (positions predicting the answer), last (last prompt "
+            "token) or all (every token; template words dilute the contrast).",
+            panel=PANEL_METHOD,
+        ),
+    ] = "response",
+    lam: Annotated[float, _opt("--lambda", help="Utility weight: S = Rh - lambda * Uh.", panel=PANEL_METHOD)] = 0.5,
+    t_risk: Annotated[float, _opt("--t-risk", help="Noise gate: R must reach t_risk x sigma0.", panel=PANEL_METHOD)] = 3.0,
+    min_gap: Annotated[
+        float, _opt("--min-gap", help="Effect-size gate: R must reach log(1 + min_gap).", panel=PANEL_METHOD)
+    ] = 0.05,
+    ratio: Annotated[
+        Optional[float],
+        _opt("--ratio", help="Budget: at most ceil(ratio x live units) units [default: 0.05]. Excludes --tau.", panel=PANEL_METHOD),
+    ] = None,
+    tau: Annotated[
+        Optional[float], _opt("--tau", help="Budget by threshold: every eligible unit with S >= tau. Excludes --ratio.", panel=PANEL_METHOD)
+    ] = None,
+    decay: Annotated[str, _opt("--decay", help="sigmoid, exp or hard (ablation: s = floor).", panel=PANEL_METHOD)] = "sigmoid",
+    sharpness: Annotated[float, _opt("--sharpness", help="gamma of the decay.", panel=PANEL_METHOD)] = 4.0,
+    floor: Annotated[float, _opt("--floor", help="Smallest factor, in [0, 1).", panel=PANEL_METHOD)] = 0.0,
+    no_contrast: Annotated[
+        bool, _opt("--no-contrast", help="Ablation w/o C: risk from the forget set alone.", panel=PANEL_METHOD)
+    ] = False,
+    no_utility: Annotated[bool, _opt("--no-utility", help="Ablation w/o F: lambda = 0.", panel=PANEL_METHOD)] = False,
+    template: Annotated[
+        str, _opt("--template", help="Prompt template: alpaca, plain, chat or a Jinja2 file.", panel=PANEL_DATA)
+    ] = "alpaca",
+    retain_max_samples: Annotated[
+        Optional[int], _opt("--retain-max-samples", help="Use at most N retain records (a seeded sample).", panel=PANEL_DATA, min=1)
+    ] = None,
+    allow_overlap: Annotated[
+        bool, _opt("--allow-overlap", help="Allow the same id or user_id in forget and retain.", panel=PANEL_DATA)
+    ] = False,
+    receipt_key: Annotated[
+        Optional[Path],
+        _opt("--receipt-key", help="HMAC key file for the forget receipt [default: ~/.config/ucan/receipt.key].", panel=PANEL_DATA),
+    ] = None,
+    allow_pickle: Annotated[
+        bool, _opt("--allow-pickle", help="Allow pickle weights (.bin), which can run code.", panel=PANEL_MODEL)
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, _opt("--trust-remote-code", help="Allow the base model's own Python code.", panel=PANEL_MODEL)
+    ] = False,
+    force: Annotated[bool, _opt("--force", help="Replace an existing score file.", panel=PANEL_OUTPUT)] = False,
+    top: Annotated[int, _opt("--top", help="Show the N units with the highest S.", panel=PANEL_OUTPUT, min=0)] = 10,
+    dry_run: Annotated[
+        bool,
+        _opt("--dry-run", help="Check everything, time one probe batch, print counts and a time estimate; write nothing.", panel=PANEL_OUTPUT),
+    ] = False,
+    *,
+    rt: RuntimeOptions,
+) -> None:
+    """Score every LoRA unit by how much more it fires on the forget set than on the retain set.
+
+    One forward pass over each set (no gradients) streams per-unit activation statistics; the
+    risk R of each unit is compared with a noise reference (two halves of the retain set), fused
+    with the unit's utility on the retain set, and the units that U-CAN would attenuate are
+    selected. The score file keeps the raw statistics, so `ucan attenuate --scores` can apply new
+    parameters without another pass. The summary says whether the forget set is separable from
+    the retain set at all: when it is a random sample of the same users, no unit is
+    forget-specific and U-CAN would only edit noise.
+
+    The score file is written even when no unit is eligible (exit 0; the verdict says so).
+
+    Examples:
+
+      ucan score --base ./base --adapter ./adapter --forget forget.jsonl --retain retain.jsonl -o scores.safetensors
+
+      ucan score --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --dry-run
+
+      ucan score ... -o s.safetensors --unit rank --token-scope last --tau 1.5 --json | jq .verdict
+    """
+    from ucan_cli.errors import InputError
+    from ucan_cli.scoring import MethodParams
+    from ucan_cli.ui import UI
+
+    ui = UI(rt)
+    if ratio is not None and tau is not None:
+        raise InputError("--ratio and --tau are mutually exclusive; give one of them")
+    params = MethodParams(
+        lam=lam, t_risk=t_risk, min_gap=min_gap, ratio=None if tau is not None else (DEFAULT_RATIO if ratio is None else ratio),
+        tau=tau, decay=decay, sharpness=sharpness, floor=floor, no_contrast=no_contrast, no_utility=no_utility, unit=unit,
+    ).validate()
+    if output is None and not dry_run:
+        raise InputError("-o/--output is required (the score file to write), unless --dry-run")
+    if output is not None:
+        _check_output(output, force=force, protected=[adapter, forget, retain, Path(base)])
+
+    from ucan_cli import api
+
+    common = dict(
+        params=params, token_scope=token_scope, template=template, max_length=rt.max_length,
+        retain_max_samples=retain_max_samples, max_samples=rt.max_samples, seed=rt.seed, batch_size=rt.batch_size,
+        device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+    )
+    from ucan_cli.report.score import dry_run_document, render_dry_run, render_score, score_document
+
+    if dry_run:
+        plan = api.score_dry_run(base, adapter, forget, retain, **common)
+        for warning in plan.warnings:
+            ui.warn(warning)
+        doc = dry_run_document(plan)
+        if rt.json:
+            ui.emit_json(doc)
+        else:
+            render_dry_run(ui, doc)
+        return
+
+    run = api.score(base, adapter, forget, retain, progress=ui.progress, **common)
+    from ucan_cli.io.scorefile import save_score_file
+
+    save_score_file(output, run.stats, run.result, run.meta, force=force)
+    for warning in run.warnings:
+        ui.warn(warning)
+    doc = score_document(run, output=str(output), written=True, top=top)
+    if rt.json:
+        ui.emit_json(doc)
+    else:
+        render_score(ui, doc)
+    if run.nothing_to_do is not None:
+        ui.warn(f"no unit is eligible; `ucan attenuate` with these options would exit 4. {run.nothing_to_do.message}")
+
+
+def _check_output(output: Path, *, force: bool, protected: list[Path]) -> None:
+    """Refuse before any work: an existing file without --force, a directory, or an input path."""
+    from ucan_cli.errors import InputError
+
+    resolved = output.resolve()
+    for item in protected:
+        if not item.exists():
+            continue
+        other = item.resolve()
+        if resolved == other or (other.is_dir() and resolved.is_relative_to(other)):
+            raise InputError(f"{output}: the score file would overwrite or land inside the input {item}; choose another -o")
+    if output.is_dir():
+        raise InputError(f"{output}: is a directory; -o names the score file to write")
+    if output.exists() and not force:
+        raise InputError(f"{output}: already exists; pass --force to replace it")

@@ -1,0 +1,156 @@
+"""The score file: the raw step-1 statistics (and the scores they gave), as one safetensors file.
+
+``ucan score`` writes it; ``ucan attenuate --scores`` reads it back and redoes steps 2-5 with
+any parameters, without a forward pass. Layout (schema 1):
+
+* tensors (NumPy, little-endian): ``module_ids`` (int64, N), ``module_sizes`` (int64, M),
+  ``scaling`` (float64, N), ``b_col_norms`` (float64, N; rank units only), and for each set
+  ``forget``, ``retain``, ``half_a``, ``half_b``: ``<set>.sum_abs``, ``<set>.sum_sq``,
+  ``<set>.tokens``, ``<set>.rec_sum``, ``<set>.rec_sumsq`` (float64, N). When scores were
+  computed: ``result.<name>`` for R, R0, U, Rh, Uh, S, s, m1_f, m1_r, m2_r (float64, N; NaN
+  for dead units in Rh, Uh, S), ``result.live``, ``result.eligible``, ``result.selected``
+  (uint8, N), ``result.eps`` and ``result.eps0`` (float64, M).
+* metadata (strings): ``ucan_format`` = ``ucan-scores``, ``ucan_schema`` = ``1``,
+  ``statistics`` (JSON: unit, scope, module_names, n_records per set), ``meta`` (JSON: hashes,
+  receipt, options, versions, counts) and, with scores, ``result`` (JSON: params and summary).
+
+The file never holds record text, ids or per-record values: only per-unit sums over sets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ucan_cli.activations import SCOPES, SET_NAMES, Statistics
+from ucan_cli.errors import InputError
+from ucan_cli.io.outdir import atomic_write_file
+from ucan_cli.scoring import UNITS, ScoreResult, SetStats
+
+FORMAT = "ucan-scores"
+SCHEMA_VERSION = 1
+STAT_FIELDS = ("sum_abs", "sum_sq", "tokens", "rec_sum", "rec_sumsq")
+RESULT_FLOATS = ("R", "R0", "U", "Rh", "Uh", "S", "s", "m1_f", "m1_r", "m2_r")
+RESULT_MASKS = ("live", "eligible", "selected")
+
+
+def score_file_bytes(stats: Statistics, result: ScoreResult | None, meta: dict) -> bytes:
+    """The score file's bytes (deterministic for equal inputs)."""
+    from safetensors.numpy import save
+
+    tensors: dict[str, np.ndarray] = {
+        "module_ids": np.ascontiguousarray(stats.module_ids, dtype=np.int64),
+        "module_sizes": np.asarray(stats.module_sizes, dtype=np.int64),
+        "scaling": np.ascontiguousarray(stats.scaling, dtype=np.float64),
+    }
+    if stats.b_col_norms is not None:
+        tensors["b_col_norms"] = np.ascontiguousarray(stats.b_col_norms, dtype=np.float64)
+    for name in SET_NAMES:
+        st: SetStats = getattr(stats, name)
+        for field in STAT_FIELDS:
+            tensors[f"{name}.{field}"] = np.ascontiguousarray(getattr(st, field), dtype=np.float64)
+    header = {
+        "unit": stats.unit,
+        "scope": stats.scope,
+        "module_names": list(stats.module_names),
+        "n_records": {name: getattr(stats, name).n_records for name in SET_NAMES},
+    }
+    metadata = {
+        "ucan_format": FORMAT,
+        "ucan_schema": str(SCHEMA_VERSION),
+        "statistics": json.dumps(header, allow_nan=False),
+        "meta": json.dumps(meta, allow_nan=False, sort_keys=True),
+    }
+    if result is not None:
+        for name in RESULT_FLOATS:
+            tensors[f"result.{name}"] = np.ascontiguousarray(getattr(result, name), dtype=np.float64)
+        for name in RESULT_MASKS:
+            tensors[f"result.{name}"] = np.ascontiguousarray(getattr(result, name), dtype=np.uint8)
+        tensors["result.eps"] = np.ascontiguousarray(result.eps, dtype=np.float64)
+        tensors["result.eps0"] = np.ascontiguousarray(result.eps0, dtype=np.float64)
+        metadata["result"] = json.dumps(
+            {"params": asdict(result.params), "summary": result.summary()}, allow_nan=False, sort_keys=True
+        )
+    return canonical_safetensors(save(tensors, metadata=metadata))
+
+
+def canonical_safetensors(raw: bytes) -> bytes:
+    """The same safetensors file with its JSON header in sorted-key order.
+
+    ``safetensors`` serializes the metadata from a Rust ``HashMap``, whose iteration order is
+    random per call: with two or more metadata keys, equal inputs give different bytes. Sorting
+    the header (compact JSON, space-padded to 8 bytes as the format asks) restores byte
+    identity; tensor offsets are relative to the data section, which is unchanged.
+    """
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
+
+
+def save_score_file(path: str | Path, stats: Statistics, result: ScoreResult | None, meta: dict, *, force: bool) -> Path:
+    """Write the score file atomically (temp file + rename); an existing file needs ``force``."""
+    return atomic_write_file(path, score_file_bytes(stats, result, meta), force=force)
+
+
+def load_score_file(path: str | Path) -> tuple[Statistics, dict]:
+    """Read a score file back: the statistics and the meta dict written with them.
+
+    Raises ``InputError`` naming the file for anything that is not a ucan score file of a known
+    schema, or whose arrays are inconsistent.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: score file not found")
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a safetensors file ({exc})") from None
+    if metadata.get("ucan_format") != FORMAT:
+        raise InputError(f"{path}: not a ucan score file (write one with `ucan score`)")
+    if metadata.get("ucan_schema") != str(SCHEMA_VERSION):
+        raise InputError(
+            f"{path}: score file schema {metadata.get('ucan_schema')!r}; this ucan reads schema {SCHEMA_VERSION}"
+        )
+    try:
+        header = json.loads(metadata["statistics"])
+        meta = json.loads(metadata["meta"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: damaged score file metadata ({exc})") from None
+
+    def tensor(name: str) -> np.ndarray:
+        if name not in tensors:
+            raise InputError(f"{path}: damaged score file: tensor {name!r} is missing")
+        return tensors[name]
+
+    if header.get("unit") not in UNITS or header.get("scope") not in SCOPES:
+        raise InputError(f"{path}: damaged score file: unit {header.get('unit')!r}, scope {header.get('scope')!r}")
+    try:
+        sets = {
+            name: SetStats(
+                **{field: tensor(f"{name}.{field}") for field in STAT_FIELDS},
+                n_records=int(header["n_records"][name]),
+            )
+            for name in SET_NAMES
+        }
+        stats = Statistics(
+            unit=header["unit"],
+            scope=header["scope"],
+            module_names=list(header["module_names"]),
+            module_sizes=tensor("module_sizes").tolist(),
+            module_ids=tensor("module_ids"),
+            scaling=tensor("scaling"),
+            b_col_norms=tensors.get("b_col_norms"),
+            **sets,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: damaged score file ({exc})") from None
+    return stats, meta

@@ -1,0 +1,249 @@
+"""The ``score`` report: a JSON document and Rich tables built from a ``ScoreRun``.
+
+Everything shown is computed by the library (``ucan_cli.api``, ``ucan_cli.scoring``); this module
+only selects and lays out numbers. The document is JSON-safe (no NaN or infinity).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+from rich.text import Text
+
+from ucan_cli._version import __version__
+
+SCHEMA_VERSION = 1
+VERDICT_STYLE = {"separable": "bold green", "weak": "bold yellow", "noise": "bold red", "dead": "bold red", "no-contrast": "bold"}
+
+
+def _num(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _top_units(run, top: int) -> list[dict[str, Any]]:
+    """The ``top`` live units by S (descending; ties by flat index), with their numbers."""
+    arrays = run.overview["arrays"]
+    s_fused, live = arrays["S"], arrays["live"]
+    idx = np.flatnonzero(live)
+    order = idx[np.argsort(-s_fused[idx], kind="stable")][:top]
+    sigma0 = run.overview["sigma0"]
+    factors = run.result.s if run.result is not None else None
+    rows = []
+    for u in order:
+        module, index = run.stats.unit_label(int(u))
+        r = _num(arrays["R"][u])
+        rows.append(
+            {
+                "unit": int(u),
+                "module": module,
+                "index": index,
+                "R": r,
+                "R_over_sigma0": _num(r / sigma0) if r is not None and sigma0 else None,
+                "R0": _num(arrays["R0"][u]),
+                "U": _num(arrays["U"][u]),
+                "S": _num(s_fused[u]),
+                "eligible": bool(arrays["eligible"][u]),
+                "factor": _num(factors[u]) if factors is not None else None,
+            }
+        )
+    return rows
+
+
+def _modules(run) -> list[dict[str, Any]]:
+    """Per module: units, live, eligible, selected, attenuated and the smallest factor."""
+    arrays = run.overview["arrays"]
+    stats = run.stats
+    out = []
+    for m, (name, start) in enumerate(zip(stats.module_names, stats.module_offsets())):
+        cols = slice(start, start + stats.module_sizes[m])
+        live = arrays["live"][cols]
+        r = arrays["R"][cols]
+        row = {
+            "name": name,
+            "units": int(stats.module_sizes[m]),
+            "live": int(live.sum()),
+            "eligible": int(arrays["eligible"][cols].sum()),
+            "max_R": _num(r[live].max()) if live.any() else None,
+            "selected": 0,
+            "attenuated": 0,
+            "min_factor": None,
+        }
+        if run.result is not None:
+            factors = run.result.s[cols]
+            row["selected"] = int(run.result.selected[cols].sum())
+            row["attenuated"] = int((factors < 1).sum())
+            row["min_factor"] = _num(factors.min())
+        out.append(row)
+    return out
+
+
+def score_document(run, *, output: str | None, written: bool, top: int = 10) -> dict[str, Any]:
+    """The JSON document of ``ucan score --json`` (schema in docs/cli.md)."""
+    meta = run.meta
+    ov = {k: v for k, v in run.overview.items() if k != "arrays"}
+    summary = run.result.summary() if run.result is not None else dict(run.nothing_to_do.details)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "ucan_version": __version__,
+        "output": output,
+        "written": written,
+        "inputs": {
+            "base": meta["base"],
+            "adapter": meta["adapter_path"],
+            "adapter_sha256": meta["adapter_sha256"],
+            "forget_sha256": meta["forget_sha256"],
+            "retain_sha256": meta["retain_sha256"],
+            "forget_receipt": meta["forget_receipt"],
+            "receipt_key_fingerprint": meta["receipt_key_fingerprint"],
+            "n_forget": meta["n_forget"],
+            "n_retain": meta["n_retain"],
+            "n_half_a": meta["n_half_a"],
+            "n_half_b": meta["n_half_b"],
+            "tokens": meta["tokens"],
+            "truncated": meta["truncated"],
+            "max_length": meta["max_length"],
+            "template": meta["template"],
+            "dtype": meta.get("dtype"),
+            "device_type": meta.get("device_type"),
+        },
+        "method": {**meta["params"], "token_scope": meta["scope"]},
+        "noise": {
+            "n_units": ov["n_units"],
+            "n_live": ov["n_live"],
+            "sigma0": ov["sigma0"],
+            "max_R": ov["max_R"],
+            "max_R_over_sigma0": ov["max_R_over_sigma0"],
+            "t_risk": ov["t_risk"],
+            "threshold": ov["threshold"],
+            "n_R_above": ov["n_R_above"],
+            "n_R0_above": ov["n_R0_above"],
+        },
+        "verdict": {"kind": ov["verdict"], "sentence": ov["sentence"], "n_eligible": ov["n_eligible"]},
+        "selection": summary,
+        "nothing_to_do": run.nothing_to_do.message if run.nothing_to_do is not None else None,
+        "modules": _modules(run),
+        "top_units": _top_units(run, top),
+        "timings": {k: _num(v) for k, v in run.timings.items()},
+        "warnings": list(run.warnings),
+    }
+
+
+def render_score(ui, doc: dict[str, Any], *, module_limit: int = 40) -> None:
+    """Rich tables: data, modules with eligible units, top units, the noise comparison, verdict."""
+    from ucan_cli.report import fmt
+
+    inputs = doc["inputs"]
+    tokens = inputs["tokens"]
+    data = Table(title="Data", title_justify="left")
+    for col in ("set", "records", "scope tokens", "all tokens", "truncated records"):
+        data.add_column(col, justify="left" if col == "set" else "right")
+    data.add_row("forget", fmt(inputs["n_forget"]), fmt(tokens["forget_scope"]), fmt(tokens["forget_total"]), fmt(inputs["truncated"]["forget_records"]))
+    data.add_row(
+        f"retain (halves {inputs['n_half_a']} + {inputs['n_half_b']})", fmt(inputs["n_retain"]), fmt(tokens["retain_scope"]),
+        fmt(tokens["retain_total"]), fmt(inputs["truncated"]["retain_records"]),
+    )
+    data.caption = f"token scope: {doc['method']['token_scope']}; unit: {doc['method']['unit']}"
+    ui.table(data)
+
+    modules = doc["modules"]
+    interesting = [m for m in modules if m["eligible"]] or modules
+    shown = interesting[:module_limit]
+    mt = Table(title="Units per module" + (" (modules with eligible units)" if interesting is not modules else ""), title_justify="left")
+    mt.add_column("module", overflow="fold")
+    for col in ("units", "live", "eligible", "selected", "attenuated", "min s", "max R"):
+        mt.add_column(col, justify="right")
+    for m in shown:
+        mt.add_row(
+            m["name"], fmt(m["units"]), fmt(m["live"]), fmt(m["eligible"]), fmt(m["selected"]), fmt(m["attenuated"]),
+            fmt(m["min_factor"]), fmt(m["max_R"]),
+        )
+    if len(shown) < len(interesting):
+        mt.caption = f"{len(interesting) - len(shown)} more modules; --json gives every one"
+    ui.table(mt)
+
+    if doc["top_units"]:
+        tt = Table(title=f"Top {len(doc['top_units'])} live units by S", title_justify="left")
+        tt.add_column("module", overflow="fold")
+        for col in ("unit", "R", "R/sigma0", "U", "S", "eligible", "s"):
+            tt.add_column(col, justify="right")
+        for u in doc["top_units"]:
+            tt.add_row(
+                u["module"], str(u["index"]), fmt(u["R"]), fmt(u["R_over_sigma0"], 3), fmt(u["U"]), fmt(u["S"]),
+                fmt(u["eligible"]), fmt(u["factor"]),
+            )
+        ui.table(tt)
+
+    noise = doc["noise"]
+    sel = doc["selection"]
+    nt = Table(title="Contrast against the noise reference (R0: retain half vs retain half)", title_justify="left", show_header=False)
+    nt.add_column("what")
+    nt.add_column("value", justify="right")
+    nt.add_row("live units", f"{fmt(noise['n_live'])} of {fmt(noise['n_units'])}")
+    nt.add_row("sigma0 (robust spread of R0)", fmt(noise["sigma0"]))
+    nt.add_row("largest R", f"{fmt(noise['max_R'])} = {fmt(noise['max_R_over_sigma0'], 3)} x sigma0")
+    nt.add_row(
+        f"units with R >= {fmt(noise['t_risk'], 3)} x sigma0",
+        f"{fmt(noise['n_R_above'])} (noise alone: {fmt(noise['n_R0_above'])} with |R0| above it)",
+    )
+    nt.add_row("eligible units", fmt(doc["verdict"]["n_eligible"]))
+    nt.add_row("selected (k) at this budget", fmt(sel.get("k")))
+    if sel.get("k"):
+        nt.add_row("attenuated #(s<1) / #(s<=(1+floor)/2) / sum(1-s)", f"{fmt(sel['n_attenuated'])} / {fmt(sel['n_at_most_half'])} / {fmt(sel['budget_sum_1_minus_s'])}")
+    ui.table(nt)
+
+    verdict = doc["verdict"]
+    ui.table(Text(f"Verdict: {verdict['sentence']}.", style=VERDICT_STYLE.get(verdict["kind"], "bold")))
+    if doc["nothing_to_do"] and verdict["kind"] not in ("noise", "dead"):
+        ui.table(Text(doc["nothing_to_do"]))
+    timings = doc["timings"]
+    where = f"wrote {doc['output']}" if doc["written"] else "nothing written"
+    ui.table(
+        f"{where}; passes {fmt(timings.get('passes_s'))} s ({fmt(timings.get('tokens_per_s'))} tokens/s), "
+        f"total {fmt(timings.get('total_s'))} s. U-CAN is approximate unlearning with no formal guarantee."
+    )
+
+
+def dry_run_document(plan) -> dict[str, Any]:
+    """The JSON document of ``ucan score --dry-run --json``."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "ucan_version": __version__,
+        "dry_run": True,
+        "written": False,
+        "adapter_sha256": plan.meta["adapter_sha256"],
+        "base": plan.meta["base"],
+        "method": {**plan.meta["params"], "token_scope": plan.meta["scope"]},
+        "max_length": plan.meta["max_length"],
+        "counts": plan.counts,
+        "probe": {k: _num(v) if isinstance(v, float) else v for k, v in plan.probe.items()},
+        "estimate_s": _num(plan.estimate_s),
+        "dtype": plan.meta.get("dtype"),
+        "device_type": plan.meta.get("device_type"),
+        "warnings": list(plan.warnings),
+    }
+
+
+def render_dry_run(ui, doc: dict[str, Any]) -> None:
+    from ucan_cli.report import fmt
+
+    c = doc["counts"]
+    t = Table(title="Dry run: nothing written", title_justify="left", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("forget records", fmt(c["n_forget"]))
+    t.add_row("retain records (halves)", f"{fmt(c['n_retain'])} ({c['n_half_a']} + {c['n_half_b']})")
+    t.add_row(f"scope tokens ({doc['method']['token_scope']}) forget / retain", f"{fmt(c['tokens']['forget_scope'])} / {fmt(c['tokens']['retain_scope'])}")
+    t.add_row("all tokens forget / retain", f"{fmt(c['tokens']['forget_total'])} / {fmt(c['tokens']['retain_total'])}")
+    t.add_row("truncated records forget / retain", f"{fmt(c['truncated']['forget_records'])} / {fmt(c['truncated']['retain_records'])}")
+    t.add_row("units (modules)", f"{fmt(c['units'])} {doc['method']['unit']} ({fmt(c['modules'])})")
+    t.add_row("batches, computed positions", f"{fmt(c['batches'])}, {fmt(c['positions'])}")
+    p = doc["probe"]
+    t.add_row("probe batch", f"{fmt(p['records'])} records, {fmt(p['positions'])} positions, {fmt(p['seconds'])} s")
+    t.add_row("estimated time of both passes", f"{fmt(doc['estimate_s'])} s")
+    ui.table(t)
