@@ -1,0 +1,959 @@
+"""Run adapters over data sets and turn their outputs into the metrics of SPEC section 4.
+
+``ucan eval`` compares the original adapter theta_o with each unlearned adapter theta_u, and
+optionally a retrained reference theta_ref and the base model alone ("everything forgotten"),
+on the forget set D_f, the retain set D_r and an optional held-out set D_h.
+
+How the work is organised, and why:
+
+- The base model loads once. Every adapter is attached to it once with PEFT
+  (``PeftModel.from_pretrained`` for the original, ``load_adapter`` for the others) and switched
+  with ``set_adapter``; the base alone runs inside ``disable_adapter()``. Nothing is reloaded
+  per adapter, and every adapter sees exactly the same batches.
+- For each batch of a set, each adapter runs one forward pass over prompt + response. That pass
+  gives the response NLL (eos included), the single-token candidate scores (the log-probs at the
+  last prompt position, gathered at the candidates' token ids) and, for a set without
+  candidates, the full next-token distributions at the response positions. Only the positions
+  that predict response tokens go through the LM head (``logits_to_keep`` under left padding).
+- Multi-token candidates are scored by teacher forcing: each (record, candidate) pair is one
+  sequence prompt + candidate, batched, and the candidate's log-probs are summed.
+- A set without candidates (or with candidates on only some records) falls back to the full
+  vocabulary: KL per record is the mean over response positions of KL(p_o || p_x) over the
+  vocabulary, computed against the original's log-probs of the same batch (never stored for the
+  whole set); prediction shift compares the greedy token at the first response position.
+  Ranking metrics are then null, with the reason.
+- Only per-record arrays are kept (a scores matrix n x C, NLL sums, token counts, per-record
+  KL); ``ucan_cli.metrics`` turns them into means, trade-offs, AUCs and bootstrap CIs.
+
+Public API: ``adapter_entries`` (load and check the adapter directories, before any model),
+``check_against_base``, ``evaluate`` (the whole run, returns an ``EvalResult``) and ``score_set``
+(one model over one record set: candidate scores and NLL, used by tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import math
+import resource
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ucan_cli import metrics as M
+from ucan_cli.errors import InputError, UcanRuntimeError
+from ucan_cli.io.data import Record, RecordSet
+from ucan_cli.io.prompts import PromptFormatter
+from ucan_cli.io.tokenize import (
+    IGNORE_INDEX,
+    Batch,
+    Encoded,
+    collate,
+    default_max_length,
+    encode_set,
+    iter_batches,
+    pad_token_id,
+)
+from ucan_cli.progress import ProgressFactory, or_null
+
+SET_NAMES: tuple[str, ...] = ("forget", "retain", "holdout")
+"""The record sets of an evaluation, in report order."""
+
+ROLES: tuple[str, ...] = ("original", "unlearned", "reference", "base")
+"""Adapter roles, in the report's column order."""
+
+KL_EPS = M.KL_EPS
+"""Floor of q in the full-vocabulary KL, as in ``metrics.kl_divergence``."""
+
+MODE_SINGLE = "single-token"
+MODE_MULTI = "multi-token"
+MODE_VOCAB = "full-vocabulary"
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    """One column of the report: an adapter directory (or the base alone) and its role.
+
+    ``id`` is the stable name used in report.json, gates and records.jsonl: ``original``,
+    ``unlearned_1`` .. ``unlearned_N``, ``reference``, ``base``. It is also the PEFT adapter name.
+    """
+
+    id: str
+    role: str
+    path: Path | None
+    sha256: str | None
+    base_model_name: str | None = None
+    adapter: Any = field(default=None, repr=False, compare=False)  # the LoraAdapter (shapes for checks)
+
+
+def adapter_entries(
+    original: str | Path,
+    unlearned: Sequence[str | Path],
+    *,
+    reference: str | Path | None = None,
+    include_base: bool = False,
+    allow_pickle: bool = False,
+) -> list[AdapterEntry]:
+    """Read and check every adapter directory (exit 2 on a bad one), without loading any model.
+
+    Returns the report's columns in order: original, unlearned_1..N, reference, base.
+    """
+    from ucan_cli.io.adapter import LoraAdapter
+
+    if not unlearned:
+        raise InputError("--unlearned: give at least one unlearned adapter directory")
+
+    def entry(ident: str, role: str, path: str | Path) -> AdapterEntry:
+        try:
+            loaded = LoraAdapter.load(path, allow_pickle=allow_pickle)
+            loaded.check_supported()
+        except InputError as exc:
+            raise InputError(f"{role} adapter: {exc.message}") from None
+        return AdapterEntry(ident, role, Path(path), loaded.sha256, loaded.base_model_name, loaded)
+
+    out = [entry("original", "original", original)]
+    out += [entry(f"unlearned_{i}", "unlearned", p) for i, p in enumerate(unlearned, start=1)]
+    if reference is not None:
+        out.append(entry("reference", "reference", reference))
+    if include_base:
+        out.append(AdapterEntry("base", "base", None, None))
+    return out
+
+
+def check_against_base(entries: Sequence[AdapterEntry], model) -> None:
+    """Every adapter must fit the base model (a module or shape mismatch is exit 2 naming it).
+
+    ``model`` may be the real base model or ``io.models.model_skeleton`` (no weights).
+    """
+    from ucan_cli.io.models import check_adapter_matches_base
+
+    for e in entries:
+        if e.adapter is None:
+            continue
+        try:
+            check_adapter_matches_base(e.adapter, model)
+        except InputError as exc:
+            raise InputError(f"{e.role} adapter ({e.id}): {exc.message}") from None
+
+
+def adapter_warnings(entries: Sequence[AdapterEntry]) -> list[str]:
+    """Things worth knowing about the adapters themselves (no model needed)."""
+    out: list[str] = []
+    original = entries[0]
+    for e in entries[1:]:
+        if e.sha256 is not None and e.sha256 == original.sha256:
+            out.append(f"{e.id} ({e.path}) has the same weights as the original: it forgot nothing")
+        if e.base_model_name and original.base_model_name and e.base_model_name != original.base_model_name:
+            out.append(
+                f"{e.id} names base model {e.base_model_name!r} but the original names "
+                f"{original.base_model_name!r}; its shapes fit, check that the comparison is meant"
+            )
+    for e in entries:
+        if e.adapter is not None and e.adapter.config.get("modules_to_save"):
+            out.append(
+                f"{e.id}: modules_to_save {e.adapter.config['modules_to_save']} are evaluated as stored; "
+                "forget information may live there"
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- one forward pass
+
+
+def _supports_logits_to_keep(model) -> bool:
+    """Whether the underlying causal LM accepts ``logits_to_keep`` (recent transformers models do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _log_probs(model, batch: Batch, keep: int, use_keep: bool) -> tuple[torch.Tensor, int]:
+    """Float32 log-softmax over the vocabulary at the last ``keep`` positions (all when not possible).
+
+    Returns the log-probs (B, L, V) and the absolute position of their first column. Under left
+    padding every row ends at the last column, so the positions predicting response tokens are
+    among the last ``max(response length) + 1``: only those go through the LM head.
+    """
+    width = batch.input_ids.shape[1]
+    inputs = batch.model_inputs()
+    if use_keep and keep < width:
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+        start = width - keep
+    else:
+        logits = model(**inputs, use_cache=False).logits
+        start = 0
+    return torch.log_softmax(logits.float(), dim=-1), start
+
+
+def _target_token_log_probs(batch: Batch, logp: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of each labelled (response) token at the kept positions, and the mask of those positions."""
+    labels = batch.labels
+    nxt = torch.full_like(labels, IGNORE_INDEX)
+    nxt[:, :-1] = labels[:, 1:]
+    nxt = nxt[:, start:]
+    mask = nxt != IGNORE_INDEX
+    tok = logp.gather(-1, nxt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, tok, torch.zeros_like(tok)), mask
+
+
+def _vocab_kl(logp_p: torch.Tensor, logp_q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row: mean over masked positions of KL(p || q) over the vocabulary (nats, float64 sums)."""
+    p = logp_p.exp()
+    log_q = logp_q.clamp(min=math.log(KL_EPS))
+    terms = torch.where(p > 0, p * (logp_p - log_q), torch.zeros_like(p))
+    per_pos = terms.sum(-1).double()
+    per_pos = torch.where(mask, per_pos, torch.zeros_like(per_pos))
+    return per_pos.sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def _fit_prompt(prompt: tuple[int, ...], extra: int, max_length: int, bos_id: int | None) -> tuple[int, ...]:
+    """Drop prompt tokens from the left (keeping a leading BOS) so that prompt + ``extra`` fits."""
+    overflow = len(prompt) + extra - max_length
+    if overflow <= 0:
+        return prompt
+    head = prompt[:1] if prompt and bos_id is not None and prompt[0] == bos_id else ()
+    body = prompt[len(head):]
+    body = body[min(overflow, len(body) - 1):]
+    return head + body
+
+
+# --------------------------------------------------------------------------- one set, all adapters
+
+
+@dataclass
+class SetPass:
+    """Per-record arrays of one record set under every adapter (nothing is kept per token).
+
+    ``scores[a]`` is the (n, C) NaN-padded candidate score matrix (summed log-probs of each
+    candidate's tokens) in candidate modes; ``nll[a]`` the response NLL sums (eos included);
+    in the full-vocabulary mode ``kl_original[a]`` / ``kl_reference[a]`` hold per-record
+    KL(p_o || p_a) / KL(p_ref || p_a) and ``top1[a]`` the greedy token at the first response
+    position. ``sequences[a]`` counts the sequences adapter a ran (forward-pass equivalents).
+    """
+
+    name: str
+    records: tuple[Record, ...]
+    mode: str
+    target: np.ndarray  # (n,) target candidate index, -1 without candidates
+    n_candidates: np.ndarray  # (n,) number of candidates, 0 without
+    tokens: np.ndarray  # (n,) response tokens, eos included
+    truncated: np.ndarray  # (n,) prompt tokens dropped to fit --max-length
+    missing_candidates: int = 0
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    nll: dict[str, np.ndarray] = field(default_factory=dict)
+    kl_original: dict[str, np.ndarray] = field(default_factory=dict)
+    kl_reference: dict[str, np.ndarray] = field(default_factory=dict)
+    top1: dict[str, np.ndarray] = field(default_factory=dict)
+    sequences: dict[str, int] = field(default_factory=dict)
+    forward_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @property
+    def has_ranking(self) -> bool:
+        return self.mode != MODE_VOCAB
+
+
+def _set_mode(encoded: Sequence[Encoded]) -> tuple[str, int]:
+    """Scoring mode of a set and how many records lack candidates."""
+    missing = sum(e.candidate_ids is None for e in encoded)
+    if missing:
+        return MODE_VOCAB, missing
+    single = all(len(ids) == 1 for e in encoded for ids in e.candidate_ids)  # type: ignore[union-attr]
+    return (MODE_SINGLE if single else MODE_MULTI), 0
+
+
+@contextlib.contextmanager
+def _active(model, entry_id: str, role: str) -> Iterator[None]:
+    """Make one adapter active on a PEFT model (the base alone for role ``base``).
+
+    Any other role (``score_set``'s ``model``) runs the model as it is.
+    """
+    if role == "base":
+        with model.disable_adapter():
+            yield
+        return
+    if role in ("original", "unlearned", "reference"):
+        model.set_adapter(entry_id, inference_mode=True)
+    yield
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def _run_set(
+    model,
+    tokenizer,
+    name: str,
+    records: Sequence[Record],
+    columns: Sequence[tuple[str, str]],
+    *,
+    formatter: PromptFormatter,
+    max_length: int,
+    batch_size: int,
+    padding_side: str,
+    reference_kl: bool,
+    progress: ProgressFactory | None,
+) -> tuple[SetPass, float]:
+    """Run every (id, role) column over one set, batch by batch; returns the arrays and encode time.
+
+    The first column must be the original (its log-probs are the p of the full-vocabulary KL);
+    with ``reference_kl`` the column with role ``reference`` supplies the p of KL(p_ref || p_x).
+    """
+    t0 = time.perf_counter()
+    encoded = encode_set(list(records), tokenizer, formatter, max_length, with_candidates=True)
+    encode_s = time.perf_counter() - t0
+    mode, missing = _set_mode(encoded)
+    n = len(encoded)
+    n_cands = np.array([len(e.candidate_ids) if e.candidate_ids is not None else 0 for e in encoded], dtype=np.int64)
+    width_c = int(n_cands.max()) if n_cands.size else 0
+    sp = SetPass(
+        name=name,
+        records=tuple(records),
+        mode=mode,
+        target=np.array([e.target if e.target is not None else -1 for e in encoded], dtype=np.int64),
+        n_candidates=n_cands,
+        tokens=np.array([e.response_len for e in encoded], dtype=np.int64),
+        truncated=np.array([e.truncated for e in encoded], dtype=np.int64),
+        missing_candidates=missing,
+    )
+    ids = [c for c, _ in columns]
+    for a in ids:
+        sp.nll[a] = np.full(n, np.nan)
+        sp.sequences[a] = 0
+        sp.forward_s[a] = 0.0
+        if mode == MODE_VOCAB:
+            sp.kl_original[a] = np.full(n, np.nan)
+            sp.top1[a] = np.full(n, -1, dtype=np.int64)
+            if reference_kl:
+                sp.kl_reference[a] = np.full(n, np.nan)
+        else:
+            sp.scores[a] = np.full((n, width_c), np.nan)
+    device = _model_device(model)
+    use_keep = padding_side == "left" and _supports_logits_to_keep(model)
+    pad = pad_token_id(tokenizer)
+    bos = tokenizer.bos_token_id
+    n_batches = -(-n // batch_size)
+    with or_null(progress)(f"eval {name}", n_batches * len(columns)) as advance:
+        for batch in iter_batches(encoded, batch_size, pad, padding_side=padding_side):
+            rows = batch.index
+            batch = batch.to(device)
+            keep = max(encoded[i].response_len for i in rows) + 1
+            last = (batch.pad_left + batch.prompt_len - 1).to(device)
+            cand_batches = _candidate_batches(encoded, rows, mode, batch_size, pad, padding_side, max_length, bos)
+            if mode == MODE_SINGLE:
+                cand_ids, cand_mask = _single_candidate_ids(encoded, rows, width_c, device)
+            keep_p: dict[str, torch.Tensor] = {}
+            for a, role in columns:
+                _sync(device)
+                t = time.perf_counter()
+                with _active(model, a, role):
+                    logp, start = _log_probs(model, batch, keep, use_keep)
+                    tok_lp, mask = _target_token_log_probs(batch, logp, start)
+                    sp.nll[a][rows] = (-tok_lp.double().sum(-1)).cpu().numpy()
+                    at_last = logp[torch.arange(len(rows), device=device), last - start]  # (B, V)
+                    if mode == MODE_SINGLE:
+                        picked = at_last.gather(-1, cand_ids).double()
+                        picked = torch.where(cand_mask, picked, torch.full_like(picked, float("nan")))
+                        sp.scores[a][rows, :] = picked.cpu().numpy()
+                    elif mode == MODE_MULTI:
+                        for pairs, cbatch, ckeep in cand_batches:
+                            cbatch = cbatch.to(device)
+                            clogp, cstart = _log_probs(model, cbatch, ckeep, use_keep)
+                            ctok, _ = _target_token_log_probs(cbatch, clogp, cstart)
+                            sums = ctok.double().sum(-1).cpu().numpy()
+                            for (rec, cand), value in zip(pairs, sums):
+                                sp.scores[a][rec, cand] = value
+                            sp.sequences[a] += len(pairs)
+                    else:
+                        sp.top1[a][rows] = at_last.argmax(-1).cpu().numpy()
+                        if not keep_p:
+                            keep_p["original"] = logp  # the first column is the original
+                        sp.kl_original[a][rows] = _vocab_kl(keep_p["original"], logp, mask).cpu().numpy()
+                        if reference_kl:
+                            if role == "reference":
+                                keep_p["reference"] = logp
+                            if "reference" in keep_p:
+                                sp.kl_reference[a][rows] = _vocab_kl(keep_p["reference"], logp, mask).cpu().numpy()
+                _sync(device)
+                sp.forward_s[a] += time.perf_counter() - t
+                sp.sequences[a] += len(rows)
+                advance(1)
+    for a in ids:
+        bad = ~np.isfinite(sp.nll[a])
+        if mode != MODE_VOCAB:
+            bad |= np.any(np.isnan(sp.scores[a]) & (np.arange(width_c)[None, :] < n_cands[:, None]), axis=1)
+            bad |= np.any(np.isposinf(sp.scores[a]), axis=1)
+        if np.any(bad):
+            row = int(np.argmax(bad))
+            raise UcanRuntimeError(
+                f"{a} produced NaN or infinite log-probabilities on {name} record line {sp.records[row].line}; "
+                "check the adapter's weights and --dtype"
+            )
+    return sp, encode_s
+
+
+def _single_candidate_ids(
+    encoded: Sequence[Encoded], rows: Sequence[int], width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) token id of each single-token candidate and the mask of real candidates."""
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, i in enumerate(rows):
+        cands = encoded[i].candidate_ids or ()
+        ids[r, : len(cands)] = torch.tensor([c[0] for c in cands], dtype=torch.long)
+        mask[r, : len(cands)] = True
+    return ids.to(device), mask.to(device)
+
+
+def _candidate_batches(
+    encoded: Sequence[Encoded],
+    rows: Sequence[int],
+    mode: str,
+    batch_size: int,
+    pad: int,
+    padding_side: str,
+    max_length: int,
+    bos: int | None,
+) -> list[tuple[list[tuple[int, int]], Batch, int]]:
+    """Teacher-forcing batches of prompt + candidate for every (record, candidate) of a batch.
+
+    Built once per record batch and run under every adapter. A candidate is scored like a
+    response without the eos; the prompt is the record's (already fitted) prompt, trimmed from
+    the left when a long candidate would not fit --max-length.
+    """
+    if mode != MODE_MULTI:
+        return []
+    seqs: list[Encoded] = []
+    pairs: list[tuple[int, int]] = []
+    for i in rows:
+        enc = encoded[i]
+        longest = max(len(c) for c in enc.candidate_ids)  # type: ignore[union-attr]
+        prompt = _fit_prompt(enc.prompt_ids, longest, max_length, bos)
+        for j, cand in enumerate(enc.candidate_ids):  # type: ignore[arg-type]
+            seqs.append(Encoded(input_ids=prompt + tuple(cand), prompt_len=len(prompt), truncated=0))
+            pairs.append((i, j))
+    out = []
+    order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k].input_ids))
+    for s in range(0, len(order), batch_size):
+        chunk = order[s : s + batch_size]
+        keep = max(seqs[k].response_len for k in chunk) + 1
+        out.append(([pairs[k] for k in chunk], collate([seqs[k] for k in chunk], chunk, pad, padding_side), keep))
+    return out
+
+
+def score_set(
+    model,
+    tokenizer,
+    records: RecordSet | Sequence[Record],
+    *,
+    template: str = "alpaca",
+    max_length: int | None = None,
+    batch_size: int = 16,
+    padding_side: str = "left",
+    name: str = "data",
+) -> SetPass:
+    """One model (plain or PEFT with its active adapter) over one set: scores, NLL, token counts.
+
+    The arrays are under the id ``"model"``. Single-token candidates come from the one forward
+    over prompt + response; multi-token candidates are teacher-forced (see the module docstring).
+    """
+    if padding_side not in ("left", "right"):
+        raise InputError(f"padding side must be left or right, got {padding_side!r}")
+    formatter = PromptFormatter(template, tokenizer)
+    length = max_length or default_max_length(tokenizer, getattr(model, "config", None))
+    sp, _ = _run_set(
+        model, tokenizer, name, list(records), [("model", "model")], formatter=formatter, max_length=length,
+        batch_size=batch_size, padding_side=padding_side, reference_kl=False, progress=None,
+    )
+    return sp
+
+
+# --------------------------------------------------------------------------- metrics from arrays
+
+
+@dataclass
+class EvalResult:
+    """Everything ``ucan eval`` measured, ready for report/eval.py.
+
+    ``results[adapter][group][metric]`` holds floats, ints or None (groups: forget, retain,
+    holdout, tradeoff, reference, privacy, cost; see docs/report-schema.md); ``null_reasons``
+    says why a value is None; ``ci`` / ``ci_vs_original`` hold paired-bootstrap 95% intervals
+    ([lo, hi]) of a value and of its difference to the original's. ``passes`` keeps the raw
+    per-record arrays and ``per_record`` the per-record metric values (for records.jsonl).
+    """
+
+    adapters: list[AdapterEntry]
+    ks: tuple[int, ...]
+    data: dict[str, dict]
+    results: dict[str, dict[str, dict[str, Any]]]
+    null_reasons: dict[str, dict[str, str]]
+    ci: dict[str, dict[str, dict[str, list[float]]]]
+    ci_vs_original: dict[str, dict[str, dict[str, list[float]]]]
+    memorization_gap: dict | None
+    warnings: list[str]
+    cost: dict
+    settings: dict
+    passes: dict[str, SetPass] = field(repr=False, default_factory=dict)
+    per_record: dict[str, dict[str, dict[str, np.ndarray]]] = field(repr=False, default_factory=dict)
+
+    @property
+    def unlearned_ids(self) -> list[str]:
+        return [a.id for a in self.adapters if a.role == "unlearned"]
+
+    def value(self, adapter: str, path: str) -> Any:
+        """The value at ``group.metric`` for one adapter (None when absent or null)."""
+        group, _, metric = path.partition(".")
+        return self.results.get(adapter, {}).get(group, {}).get(metric)
+
+
+def _seed_for(seed: int, name: str) -> int:
+    """A per-set bootstrap seed derived from the user's seed (independent across sets)."""
+    return int.from_bytes(hashlib.sha256(f"ucan-eval:{seed}:{name}".encode()).digest()[:4], "little")
+
+
+def _per_record(sp: SetPass, a: str, original: str, reference: str | None, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-record values of adapter ``a`` on a whole set (NaN where a value does not exist)."""
+    out: dict[str, np.ndarray] = {"nll": sp.nll[a], "tokens": sp.tokens.astype(np.float64)}
+    if sp.has_ranking:
+        ranks = M.candidate_ranks(sp.scores[a], sp.target)
+        out["rank"] = ranks.astype(np.float64)
+        for k in ks:
+            rec, mrr, ndcg = M.recall_at_k(ranks, k), M.mrr_at_k(ranks, k), M.ndcg_at_k(ranks, k)
+            out[f"recall@{k}"], out[f"mrr@{k}"], out[f"ndcg@{k}"] = rec, mrr, ndcg
+            out[f"m@{k}"] = (rec + mrr + ndcg) / 3.0
+        out["ndcg@10"] = M.ndcg_at_k(ranks, 10)  # for the collapse warning, whatever -k says
+        out["kl"] = M.kl_from_scores(sp.scores[original], sp.scores[a])
+        out["shift"] = (M.top1_candidates(sp.scores[original]) != M.top1_candidates(sp.scores[a])).astype(np.float64)
+        if reference is not None and sp.name == "forget":
+            out["kl_reference"] = M.kl_from_scores(sp.scores[reference], sp.scores[a])
+    else:
+        out["kl"] = sp.kl_original[a]
+        out["shift"] = (sp.top1[original] != sp.top1[a]).astype(np.float64)
+        if reference is not None and sp.name == "forget":
+            out["kl_reference"] = sp.kl_reference[a]
+    return out
+
+
+def _ranking_reason(sp: SetPass) -> str | None:
+    if sp.has_ranking:
+        return None
+    if sp.missing_candidates == sp.n:
+        return f"the {sp.name} records carry no candidates (KL and shift use the full vocabulary)"
+    return (
+        f"{sp.missing_candidates} of {sp.n} {sp.name} records have no candidates, so ranking is undefined "
+        "for the set (KL and shift use the full vocabulary)"
+    )
+
+
+def _quantiles(stats: np.ndarray) -> list[float] | None:
+    """The 2.5% and 97.5% quantiles of finite bootstrap statistics (None when there are none)."""
+    finite = stats[np.isfinite(stats)]
+    if finite.size == 0:
+        return None
+    lo, hi = np.quantile(finite, [0.025, 0.975])
+    return [float(lo), float(hi)]
+
+
+def _ppl_stats(nll: np.ndarray, tokens: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """PPL of each bootstrap resample (ratio of sums), overflow -> inf."""
+    with np.errstate(over="ignore"):
+        return np.exp(nll[idx].sum(1) / tokens[idx].sum(1))
+
+
+class _Summary:
+    """Builds results, null reasons and CIs from the set passes (one instance per evaluation)."""
+
+    def __init__(self, passes, adapters, ks, scopes, bootstrap, seed):
+        self.passes: dict[str, SetPass] = passes
+        self.adapters: list[AdapterEntry] = adapters
+        self.ks = tuple(ks)
+        self.scopes: dict[str, np.ndarray] = scopes
+        self.n_boot = bootstrap
+        self.seed = seed
+        self.original = adapters[0].id
+        ref = [a.id for a in adapters if a.role == "reference"]
+        self.reference = ref[0] if ref else None
+        self.results: dict[str, dict[str, dict[str, Any]]] = {a.id: {} for a in adapters}
+        self.reasons: dict[str, dict[str, str]] = {a.id: {} for a in adapters}
+        self.ci: dict[str, dict[str, dict[str, list[float]]]] = {a.id: {} for a in adapters}
+        self.ci_delta: dict[str, dict[str, dict[str, list[float]]]] = {a.id: {} for a in adapters}
+        self.per_record: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+        self.indices: dict[str, np.ndarray | None] = {}
+        for name, sp in passes.items():
+            self.per_record[name] = {a.id: _per_record(sp, a.id, self.original, self.reference, ks) for a in adapters}
+            scope = scopes[name]
+            self.indices[name] = (
+                scope[M.paired_bootstrap_indices(scope.size, bootstrap, _seed_for(seed, name))]
+                if bootstrap > 0 and scope.size > 0
+                else None
+            )
+
+    # -- helpers
+    def _set(self, a: str, group: str, metric: str, value: Any, reason: str | None = None) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            reason = reason or f"{metric} is not finite ({value})"
+            value = None
+        self.results[a].setdefault(group, {})[metric] = value
+        if value is None and reason:
+            self.reasons[a][f"{group}.{metric}"] = reason
+
+    def _ci(self, a: str, group: str, metric: str, interval: list[float] | None, delta: bool = False) -> None:
+        if interval is not None:
+            (self.ci_delta if delta else self.ci)[a].setdefault(group, {})[metric] = interval
+
+    # -- groups
+    def set_group(self, name: str, empty_reason: str | None = None) -> None:
+        """forget / retain / holdout: ranking metrics, KL, shift, PPL (over the set's scope)."""
+        sp = self.passes[name]
+        scope = self.scopes[name]
+        idx = self.indices[name]
+        rank_reason = empty_reason or _ranking_reason(sp)
+        names = [f"{m}@{k}" for k in self.ks for m in ("recall", "mrr", "ndcg", "m")]
+        for adapter in self.adapters:
+            a = adapter.id
+            pr = self.per_record[name][a]
+            po = self.per_record[name][self.original]
+            if rank_reason is None:
+                for metric in names:
+                    self._set(a, name, metric, float(np.mean(pr[metric][scope])))
+                tied = M.tied_record_count(sp.scores[a][scope], sp.target[scope])
+                self._set(a, name, "tied_records", tied)
+            else:
+                for metric in names + ["tied_records"]:
+                    self._set(a, name, metric, None, rank_reason)
+            if empty_reason is not None:
+                for metric in ("kl", "shift", "ppl"):
+                    self._set(a, name, metric, None, empty_reason)
+                continue
+            self._set(a, name, "kl", float(np.mean(pr["kl"][scope])))
+            self._set(a, name, "shift", float(np.mean(pr["shift"][scope])))
+            ppl = M.perplexity(pr["nll"][scope], pr["tokens"][scope])
+            self._set(a, name, "ppl", ppl, "mean NLL beyond exp's range (PPL overflows)")
+            if idx is None:
+                continue
+            per_mean = (names if rank_reason is None else []) + ["kl", "shift"]
+            for metric in per_mean:
+                self._ci(a, name, metric, _quantiles(pr[metric][idx].mean(1)))
+            self._ci(a, name, "ppl", _quantiles(_ppl_stats(pr["nll"], pr["tokens"], idx)))
+            if a != self.original:
+                for metric in names if rank_reason is None else []:
+                    self._ci(a, name, metric, _quantiles(pr[metric][idx].mean(1) - po[metric][idx].mean(1)), delta=True)
+                with np.errstate(invalid="ignore"):
+                    diff = _ppl_stats(pr["nll"], pr["tokens"], idx) - _ppl_stats(po["nll"], po["tokens"], idx)
+                self._ci(a, name, "ppl", _quantiles(diff), delta=True)
+
+    def tradeoff(self, r_set: str, label: str, missing_reason: str | None) -> None:
+        """Trade-off@K with r = ``r_set`` for every adapter and K (null with the reason)."""
+        for adapter in self.adapters:
+            a = adapter.id
+            for k in self.ks:
+                metric = f"{label}@{k}"
+                if missing_reason is not None:
+                    self._set(a, "tradeoff", metric, None, missing_reason)
+                    continue
+                mk = f"m@{k}"
+                vals = [self.results[x][s].get(mk) for x, s in (
+                    (self.original, "forget"), (a, "forget"), (self.original, r_set), (a, r_set))]
+                if any(v is None for v in vals):
+                    why = self.reasons[self.original].get(f"forget.{mk}") or self.reasons[self.original].get(f"{r_set}.{mk}")
+                    self._set(a, "tradeoff", metric, None, f"ranking metrics are null: {why}")
+                    continue
+                value, reason = M.tradeoff_at_k(*vals)
+                self._set(a, "tradeoff", metric, value, reason)
+                fi, ri = self.indices["forget"], self.indices[r_set]
+                if value is None or fi is None or ri is None:
+                    continue
+                pf = self.per_record["forget"]
+                pr = self.per_record[r_set]
+                mof, muf = pf[self.original][mk][fi].mean(1), pf[a][mk][fi].mean(1)
+                mor, mur = pr[self.original][mk][ri].mean(1), pr[a][mk][ri].mean(1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    stats = 100.0 * ((mof - muf) / mof - (mor - mur) / mor)
+                self._ci(a, "tradeoff", metric, _quantiles(stats))
+
+    def reference_gap(self) -> None:
+        """|M_u^f - M_ref^f| per K and KL(p_ref || p_u) on D_f, for every adapter."""
+        ref = self.reference
+        assert ref is not None
+        idx = self.indices["forget"]
+        scope = self.scopes["forget"]
+        pf = self.per_record["forget"]
+        for adapter in self.adapters:
+            a = adapter.id
+            for k in self.ks:
+                mk = f"m@{k}"
+                mu, mr = self.results[a]["forget"].get(mk), self.results[ref]["forget"].get(mk)
+                if mu is None or mr is None:
+                    self._set(a, "reference", f"gap@{k}", None, f"ranking metrics are null: {self.reasons[a].get('forget.' + mk)}")
+                    continue
+                self._set(a, "reference", f"gap@{k}", abs(mu - mr))
+                if idx is not None:
+                    self._ci(a, "reference", f"gap@{k}", _quantiles(np.abs(pf[a][mk][idx].mean(1) - pf[ref][mk][idx].mean(1))))
+            kl = pf[a]["kl_reference"]
+            self._set(a, "reference", "kl", float(np.mean(kl[scope])))
+            if idx is not None:
+                self._ci(a, "reference", "kl", _quantiles(kl[idx].mean(1)))
+
+    def privacy(self, have_holdout: bool) -> dict | None:
+        """MIA AUC (D_f members vs all of D_h) for every adapter; the original's memorization gap."""
+        gap = None
+        for adapter in self.adapters:
+            a = adapter.id
+            if not have_holdout:
+                self._set(a, "privacy", "mia_auc", None, "no --holdout: membership inference needs non-member records")
+                continue
+            f, h = self.passes["forget"], self.passes["holdout"]
+            mem = M.membership_scores(f.nll[a], f.tokens)
+            non = M.membership_scores(h.nll[a], h.tokens)
+            auc = M.mia_auc(mem, non)
+            self._set(a, "privacy", "mia_auc", auc)
+            if self.n_boot > 0:
+                ci = M.mia_auc_ci(mem, non, n_boot=self.n_boot, seed=_seed_for(self.seed, "mia"))
+                self._ci(a, "privacy", "mia_auc", [ci[0], ci[1]])
+                if a == self.original:
+                    gap = M.memorization_gap(auc, ci)._asdict()
+                    gap["ci"] = list(gap["ci"])
+        return gap
+
+
+def _scopes(passes: Mapping[str, SetPass], retain: Sequence[Record]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Which records each set's metrics average over, and why (holdout: retain users' records).
+
+    Returns the scopes and the holdout facts: scope label, whether its trade-off exists, reasons.
+    """
+    scopes = {name: np.arange(sp.n) for name, sp in passes.items()}
+    info: dict[str, Any] = {}
+    if "holdout" not in passes:
+        return scopes, info
+    h = passes["holdout"]
+    users = [r.user_id for r in h.records]
+    retain_users = {r.user_id for r in retain if r.user_id is not None}
+    if any(u is None for u in users):
+        info.update(scope="all holdout records (some carry no user_id)", tradeoff_reason=(
+            "holdout records carry no user_id, so the retain users' held-out records cannot be selected"))
+    elif not retain_users:
+        info.update(scope="all holdout records (retain records carry no user_id)", tradeoff_reason=(
+            "retain records carry no user_id, so the retain users' held-out records cannot be selected"))
+    else:
+        keep = np.array([i for i, u in enumerate(users) if u in retain_users], dtype=np.int64)
+        scopes["holdout"] = keep
+        info["scope"] = "holdout records of retain users"
+        if keep.size == 0:
+            info["empty_reason"] = "no holdout record belongs to a retain user"
+            info["tradeoff_reason"] = info["empty_reason"]
+    return scopes, info
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "ru_maxrss (process peak RSS)"
+
+
+def _as_records(x: RecordSet | Sequence[Record]) -> tuple[tuple[Record, ...], dict]:
+    if isinstance(x, RecordSet):
+        return x.records, {"path": str(x.path), "sha256": x.sha256, "records_total": x.n_total or len(x)}
+    recs = tuple(x)
+    return recs, {"path": None, "sha256": None, "records_total": len(recs)}
+
+
+def evaluate(
+    model,
+    tokenizer,
+    adapters: Sequence[AdapterEntry],
+    forget: RecordSet | Sequence[Record],
+    retain: RecordSet | Sequence[Record],
+    holdout: RecordSet | Sequence[Record] | None = None,
+    *,
+    ks: Sequence[int] = M.DEFAULT_KS,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    template: str = "alpaca",
+    padding_side: str = "left",
+    progress: ProgressFactory | None = None,
+) -> EvalResult:
+    """Evaluate every adapter of ``adapters`` (from ``adapter_entries``) on the record sets.
+
+    ``model`` is a plain (not PEFT-wrapped) causal LM in eval mode; the adapters are attached to
+    it for the run and removed afterwards, so the caller gets its base model back unchanged.
+    ``bootstrap`` is the number of paired resamples for the CIs (0: none). Raises InputError
+    for bad K, adapters that do not fit the model, or empty sets; UcanRuntimeError when a model
+    produces NaN.
+    """
+    from peft import PeftModel
+
+    t_start = time.perf_counter()
+    ks = tuple(dict.fromkeys(M._check_k(k) for k in ks))
+    if not ks:
+        raise InputError("-k: at least one K is required")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise InputError(f"--bootstrap must be a non-negative integer, got {bootstrap!r}")
+    if not adapters or adapters[0].role != "original":
+        raise InputError("the first adapter must be the original")
+    if isinstance(model, PeftModel):
+        raise InputError("evaluate() takes the plain base model; it attaches the adapters itself")
+    check_against_base(adapters, model)
+    sets: dict[str, tuple[tuple[Record, ...], dict]] = {"forget": _as_records(forget), "retain": _as_records(retain)}
+    if holdout is not None:
+        sets["holdout"] = _as_records(holdout)
+    for name, (recs, _) in sets.items():
+        if not recs:
+            raise InputError(f"the {name} set has no records")
+    device = _model_device(model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    formatter = PromptFormatter(template, tokenizer)
+    length = max_length or default_max_length(tokenizer, model.config)
+
+    t = time.perf_counter()
+    original = adapters[0]
+    peft_model = PeftModel.from_pretrained(model, str(original.path), adapter_name=original.id, is_trainable=False)
+    try:
+        for e in adapters[1:]:
+            if e.path is not None:
+                peft_model.load_adapter(str(e.path), adapter_name=e.id, is_trainable=False)
+        peft_model.eval()
+        attach_s = time.perf_counter() - t
+        # original first (p of the vocabulary KL), then the reference (p of the reference KL)
+        run_order = sorted(adapters, key=lambda e: {"original": 0, "reference": 1}.get(e.role, 2))
+        columns = [(e.id, e.role) for e in run_order]
+        has_ref = any(e.role == "reference" for e in adapters)
+        passes: dict[str, SetPass] = {}
+        encode_s = 0.0
+        for name, (recs, _) in sets.items():
+            sp, enc_s = _run_set(
+                peft_model, tokenizer, name, recs, columns, formatter=formatter, max_length=length,
+                batch_size=batch_size, padding_side=padding_side, reference_kl=has_ref and name == "forget",
+                progress=progress,
+            )
+            passes[name] = sp
+            encode_s += enc_s
+    finally:
+        peft_model.unload()
+    forward_s = sum(sum(sp.forward_s.values()) for sp in passes.values())
+
+    t = time.perf_counter()
+    scopes, hinfo = _scopes(passes, sets["retain"][0])
+    summary = _Summary(passes, list(adapters), ks, scopes, bootstrap, seed)
+    summary.set_group("forget")
+    summary.set_group("retain")
+    if "holdout" in passes:
+        summary.set_group("holdout", hinfo.get("empty_reason"))
+    summary.tradeoff("retain", "retain", None)
+    if "holdout" in passes:
+        summary.tradeoff("holdout", "holdout", hinfo.get("tradeoff_reason"))
+    if has_ref:
+        summary.reference_gap()
+    gap = summary.privacy("holdout" in passes)
+    metrics_s = time.perf_counter() - t
+
+    warnings = adapter_warnings(adapters)
+    warnings += _data_warnings(passes, scopes, ks)
+    if gap is not None and gap["warn"]:
+        warnings.append(gap["message"])
+    for e in adapters:
+        if e.role != "unlearned":
+            continue
+        r_o, r_u = summary.results[original.id]["retain"], summary.results[e.id]["retain"]
+        nd_o = nd_u = None
+        if passes["retain"].has_ranking:
+            nd_o = float(np.mean(summary.per_record["retain"][original.id]["ndcg@10"]))
+            nd_u = float(np.mean(summary.per_record["retain"][e.id]["ndcg@10"]))
+        warnings += [f"{e.id}: possible collapse: {w}" for w in M.collapse_warnings(r_o["ppl"], r_u["ppl"], nd_o, nd_u)]
+
+    for e in adapters:
+        seqs = sum(sp.sequences[e.id] for sp in passes.values())
+        secs = sum(sp.forward_s[e.id] for sp in passes.values())
+        n_rec = sum(sp.n for sp in passes.values())
+        summary._set(e.id, "cost", "forward_s", secs)
+        summary._set(e.id, "cost", "sequences", seqs)
+        summary._set(e.id, "cost", "samples_per_s", n_rec / secs if secs > 0 else None, "no measurable forward time")
+    total_records = sum(sp.n for sp in passes.values()) * len(adapters)
+    peak, peak_source = _peak_memory(device)
+    wall = time.perf_counter() - t_start
+    cost = {
+        "wall_s": wall,
+        "stages": {"attach_adapters_s": attach_s, "encode_s": encode_s, "forward_s": forward_s, "metrics_s": metrics_s},
+        "sequences": int(sum(sum(sp.sequences.values()) for sp in passes.values())),
+        "record_passes": int(total_records),
+        "samples_per_s": total_records / forward_s if forward_s > 0 else None,
+        "peak_memory_bytes": peak,
+        "peak_memory_source": peak_source,
+        "device": str(device),
+    }
+    data: dict[str, dict] = {}
+    for name, sp in passes.items():
+        info = dict(sets[name][1])
+        info.update(
+            records=sp.n,
+            scoring=sp.mode,
+            records_without_candidates=sp.missing_candidates,
+            max_candidates=int(sp.n_candidates.max()) if sp.n_candidates.size else 0,
+            min_candidates=int(sp.n_candidates.min()) if sp.n_candidates.size else 0,
+            response_tokens=int(sp.tokens.sum()),
+            truncated_records=int(np.count_nonzero(sp.truncated)),
+            scope_records=int(scopes[name].size),
+            scope=hinfo.get("scope", f"all {name} records") if name == "holdout" else f"all {name} records",
+        )
+        data[name] = info
+    settings = {
+        "ks": list(ks), "bootstrap": bootstrap, "seed": seed, "batch_size": batch_size, "max_length": length,
+        "template": template, "padding_side": padding_side, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(device),
+    }
+    return EvalResult(
+        adapters=list(adapters),
+        ks=ks,
+        data=data,
+        results=summary.results,
+        null_reasons=summary.reasons,
+        ci=summary.ci,
+        ci_vs_original=summary.ci_delta,
+        memorization_gap=gap,
+        warnings=warnings,
+        cost=cost,
+        settings=settings,
+        passes=passes,
+        per_record=summary.per_record,
+    )
+
+
+def _data_warnings(passes: Mapping[str, SetPass], scopes: Mapping[str, np.ndarray], ks: Sequence[int]) -> list[str]:
+    """K at or above the candidate count, prompts truncated to fit --max-length."""
+    out = []
+    for name, sp in passes.items():
+        if sp.has_ranking and scopes[name].size:
+            fewest = int(sp.n_candidates[scopes[name]].min())
+            big = [k for k in ks if k >= fewest]
+            if big:
+                out.append(
+                    f"K={', '.join(map(str, big))} >= {fewest}, the candidate count of some {name} records: "
+                    f"Recall@K is 1 there by construction"
+                )
+        cut = int(np.count_nonzero(sp.truncated))
+        if cut:
+            out.append(f"{cut} of {sp.n} {name} records lost prompt tokens from the left to fit --max-length")
+    return out
