@@ -38,6 +38,7 @@ import inspect
 import math
 import resource
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -830,11 +831,15 @@ def evaluate(
 
     t = time.perf_counter()
     original = adapters[0]
-    peft_model = PeftModel.from_pretrained(model, str(original.path), adapter_name=original.id, is_trainable=False)
+    with warnings.catch_warnings():  # transformers deprecation notices raised inside PEFT's loading
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = PeftModel.from_pretrained(model, str(original.path), adapter_name=original.id, is_trainable=False)
     try:
-        for e in adapters[1:]:
-            if e.path is not None:
-                peft_model.load_adapter(str(e.path), adapter_name=e.id, is_trainable=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            for e in adapters[1:]:
+                if e.path is not None:
+                    peft_model.load_adapter(str(e.path), adapter_name=e.id, is_trainable=False)
         peft_model.eval()
         attach_s = time.perf_counter() - t
         # original first (p of the vocabulary KL), then the reference (p of the reference KL)
@@ -870,10 +875,10 @@ def evaluate(
     gap = summary.privacy("holdout" in passes)
     metrics_s = time.perf_counter() - t
 
-    warnings = adapter_warnings(adapters)
-    warnings += _data_warnings(passes, scopes, ks)
+    notes = adapter_warnings(adapters)
+    notes += _data_warnings(passes, scopes, ks)
     if gap is not None and gap["warn"]:
-        warnings.append(gap["message"])
+        notes.append(gap["message"])
     for e in adapters:
         if e.role != "unlearned":
             continue
@@ -882,7 +887,7 @@ def evaluate(
         if passes["retain"].has_ranking:
             nd_o = float(np.mean(summary.per_record["retain"][original.id]["ndcg@10"]))
             nd_u = float(np.mean(summary.per_record["retain"][e.id]["ndcg@10"]))
-        warnings += [f"{e.id}: possible collapse: {w}" for w in M.collapse_warnings(r_o["ppl"], r_u["ppl"], nd_o, nd_u)]
+        notes += [f"{e.id}: possible collapse: {w}" for w in M.collapse_warnings(r_o["ppl"], r_u["ppl"], nd_o, nd_u)]
 
     for e in adapters:
         seqs = sum(sp.sequences[e.id] for sp in passes.values())
@@ -933,7 +938,7 @@ def evaluate(
         ci=summary.ci,
         ci_vs_original=summary.ci_delta,
         memorization_gap=gap,
-        warnings=warnings,
+        warnings=notes,
         cost=cost,
         settings=settings,
         passes=passes,
