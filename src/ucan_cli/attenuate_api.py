@@ -1,0 +1,370 @@
+"""``attenuate``: the library call behind ``ucan attenuate`` (SPEC section 3, steps 1-6).
+
+Statistics come either from a fresh forward pass (``ucan_cli.api.score``) or from a score file
+(``scores=``, no model loads). Steps 2-5 are then redone here with the resolved parameters and
+the lineage's cumulative factors (the floor rule), step 6 edits B, and everything is written to a
+temporary directory renamed into place: the adapter (config byte for byte, same tensor names,
+dtypes and metadata, no timestamps, so equal inputs give byte-identical weights), README.md (the
+model card), ``ucan_report.json`` / ``ucan_report.md``, ``ucan_config.toml`` and
+``ucan_ledger.jsonl``.
+
+Order of work (SPEC section 6, Safety): every check that reads files (adapter, output dir,
+ledger, receipt key, score file, record files, repeat refusal) comes before any model loads;
+``NothingToDo`` and runtime errors come before the output directory is created, so a failed run
+writes nothing. The input adapter is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ucan_cli.errors import InputError, NothingToDo
+from ucan_cli.progress import ProgressFactory
+
+REPORT_JSON = "ucan_report.json"
+REPORT_MD = "ucan_report.md"
+CARD_NAME = "README.md"
+CONFIG_NAME = "ucan_config.toml"
+
+
+@dataclass
+class AttenuateRun:
+    """What ``attenuate`` did.
+
+    Attributes:
+        out_dir: the written directory (None for a dry run).
+        output_sha256: SHA-256 of the written ``adapter_model.safetensors`` (None for a dry run).
+        result: the ``ScoreResult`` of steps 2-5 (per-unit factors in ``result.s``).
+        changes: one ``ModuleChange`` per module, in module order.
+        report: the ``ucan_report.json`` document.
+        timings: seconds per stage (inputs, statistics, select, edit, write).
+        warnings: what the user should know (adapter warnings, ledger notes).
+        stats: the step-1 statistics used.
+    """
+
+    out_dir: Path | None
+    output_sha256: str | None
+    result: Any
+    changes: list
+    report: dict
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    stats: Any = None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+
+
+def config_toml(section: str, values: Mapping[str, Any]) -> str:
+    """A TOML table of scalar option values (None left out), loadable with ``--config``."""
+    lines = [
+        "# The resolved options of this run. Rerun with: ucan attenuate --config ucan_config.toml -o NEW_DIR",
+        f"[{section}]",
+    ]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+    return "\n".join(lines) + "\n"
+
+
+#: CLI spelling of option keys whose flag differs from the parameter name.
+_FLAGS = {"lam": "--lambda"}
+
+
+def equivalent_command(values: Mapping[str, Any]) -> str:
+    """The ``ucan attenuate`` command line that reproduces a call (for API use without argv)."""
+    argv = ["ucan", "attenuate"]
+    for key, value in values.items():
+        if value is None or value is False:
+            continue
+        flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
+        argv += [flag] if value is True else [flag, str(value)]
+    return shlex.join(argv)
+
+
+def _resolve_params(params, base):
+    """``params`` may be a ``MethodParams`` (used as is), a mapping of option values merged over
+    ``base`` (``method_options.params_from_options``), or None (``base`` or the defaults)."""
+    from ucan_cli.method_options import params_from_options
+    from ucan_cli.scoring import MethodParams
+
+    if isinstance(params, MethodParams):
+        return params.validate()
+    return params_from_options(base, **dict(params or {}))
+
+
+def _score_file_params(meta: Mapping[str, Any], unit: str):
+    """The parameters a score file was made with (its ``params`` meta), else defaults for its unit."""
+    from ucan_cli.method_options import params_from_dict
+    from ucan_cli.scoring import MethodParams
+
+    stored = meta.get("params")
+    if isinstance(stored, Mapping):
+        try:
+            params = params_from_dict(dict(stored))
+        except (InputError, TypeError):
+            params = None
+        if params is not None and params.unit == unit:
+            return params
+    return MethodParams(unit=unit)
+
+
+def attenuate(
+    adapter: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    base: str | None = None,
+    forget: str | Path | None = None,
+    retain: str | Path | None = None,
+    scores: str | Path | None = None,
+    params: Any = None,
+    token_scope: str | None = None,
+    template: str = "alpaca",
+    max_length: int | None = None,
+    retain_max_samples: int | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "auto",
+    allow_overlap: bool = False,
+    receipt_key: str | Path | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    command_line: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> AttenuateRun:
+    """Attenuate the units of ``adapter`` that fire more on ``forget`` than on ``retain``.
+
+    Args:
+        adapter: the input LoRA adapter directory (never modified).
+        out_dir: the new adapter directory (required unless ``dry_run``); must not exist unless
+            ``force`` and may not overlap the input adapter.
+        base, retain: the base model and the retain set (required without ``scores``).
+        forget: the forget set: its receipt goes into the ledger; required without ``scores``
+            (with ``scores`` it defaults to the receipt stored in the score file).
+        scores: a score file from ``ucan score`` for this very adapter: no model loads.
+        params: ``MethodParams``, or a mapping of method options (``unit``, ``lam``, ``t_risk``,
+            ``min_gap``, ``ratio``, ``tau``, ``decay``, ``sharpness``, ``floor``,
+            ``no_contrast``, ``no_utility``) merged over the score file's parameters (with
+            ``scores``) or the defaults.
+        token_scope: response (default), last or all; with ``scores`` it must match the file's.
+        template, max_length, retain_max_samples, max_samples, seed, batch_size, device,
+        dtype, allow_overlap, allow_pickle, trust_remote_code: as for ``ucan_cli.api.score``.
+        receipt_key: the receipt key file (default: the user's key, created on first use).
+        force: replace an existing ``out_dir``, attenuate a forget set already in the lineage,
+            and continue from an adapter whose hash does not match its ledger.
+        dry_run: compute everything, write nothing (``out_dir`` is checked when given).
+        command_line: recorded in the report and model card; default: an equivalent command.
+        progress: a progress factory for the forward passes.
+
+    Raises:
+        InputError (exit 2), UcanRuntimeError (exit 1), NothingToDo (exit 4). Nothing is
+        written when any of them is raised.
+    """
+    from ucan_cli.activations import method_inputs
+    from ucan_cli.attenuation import apply_factors, total_norms, unit_factors_by_module, units_per_module
+    from ucan_cli.io.adapter import LoraAdapter, sha256_file
+    from ucan_cli.io.data import read_records
+    from ucan_cli.io.ledger import check_adapter_head, check_repeat, new_entry, read_ledger, write_ledger
+    from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
+    from ucan_cli.io.receipts import key_fingerprint, load_or_create_key, set_receipt
+    from ucan_cli.io.scorefile import canonical_safetensors
+    from ucan_cli.method_options import params_to_dict, resolve_token_scope
+    from ucan_cli.report.attenuate import attenuate_document, attenuate_markdown
+    from ucan_cli.report.card import model_card
+    from ucan_cli.scoring import compute_scores
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = timings.get(stage, 0.0) + now - clock
+        clock = now
+
+    # ---------------------------------------------------------------- inputs (no model yet)
+    source = LoraAdapter.load(adapter, allow_pickle=allow_pickle)
+    source.check_supported()
+    warnings = list(source.warnings())
+    if out_dir is None and not dry_run:
+        raise InputError("-o/--output: the output directory is required (or pass --dry-run)")
+    if out_dir is not None:
+        check_output_dir(out_dir, force=force, protected=[source.path])
+    ledger = read_ledger(source.path)
+    head_ok, notes = check_adapter_head(ledger, source.sha256, force=force)
+    warnings += notes
+    key = load_or_create_key(receipt_key)
+    fingerprint = key_fingerprint(key)
+
+    stats = meta = None
+    if scores is not None:
+        from ucan_cli.io.scorefile import load_score_file
+
+        stats, meta = load_score_file(scores)
+        if meta.get("adapter_sha256") != source.sha256:
+            raise InputError(
+                f"{scores}: score file was computed for another adapter (adapter_sha256 "
+                f"{str(meta.get('adapter_sha256'))[:12]}... != {source.sha256[:12]}... of {source.path})"
+            )
+        layout = units_per_module(source, stats.unit)
+        if [n for n, _ in layout] != list(stats.module_names) or [s for _, s in layout] != list(stats.module_sizes):
+            raise InputError(f"{scores}: its modules and unit counts do not match the adapter {source.path}")
+        if token_scope is not None and token_scope != stats.scope:
+            raise InputError(
+                f"--token-scope {token_scope}: the score file holds {stats.scope}-scope statistics; "
+                "run `ucan score` again for another scope"
+            )
+        base_params = _score_file_params(meta, stats.unit)
+    else:
+        missing = [flag for flag, value in (("--base", base), ("--forget", forget), ("--retain", retain)) if value is None]
+        if missing:
+            raise InputError(f"{', '.join(missing)} required (or pass --scores SCORES from `ucan score`)")
+        base_params = None
+    params = _resolve_params(params, base_params)
+    if stats is not None and params.unit != stats.unit:
+        raise InputError(
+            f"--unit {params.unit}: the score file holds {stats.unit}-unit statistics; run `ucan score --unit {params.unit}`"
+        )
+    scope = resolve_token_scope(token_scope, stats.scope if stats is not None else None)
+
+    # The forget receipt: from the forget file, else the one the score file carries.
+    forget_sha256 = n_forget = forget_set = None
+    if forget is not None:
+        forget_set = read_records(forget, "forget")
+        receipt, receipt_fp = set_receipt(key, forget_set.records), fingerprint
+        forget_sha256, n_forget = forget_set.sha256, len(forget_set.records)
+        if meta is not None and meta.get("forget_sha256") not in (None, forget_sha256):
+            raise InputError(f"{forget}: not the forget file the score file {scores} was computed on (SHA-256 differs)")
+    else:
+        assert meta is not None
+        receipt, receipt_fp = meta.get("forget_receipt"), meta.get("receipt_key_fingerprint")
+        if not receipt or not receipt_fp:
+            raise InputError(f"{scores}: the score file carries no forget receipt; pass --forget FILE")
+        forget_sha256, n_forget = meta.get("forget_sha256"), meta.get("n_forget_file", meta.get("n_forget"))
+    warnings += check_repeat(ledger, receipt, receipt_fp, force=force)
+    lap("inputs")
+
+    # ---------------------------------------------------------------- statistics (step 1)
+    score_meta: dict = dict(meta or {})
+    if stats is None:
+        from ucan_cli.api import score as run_score
+
+        run = run_score(
+            base, source.path, forget_set, retain, params=params, token_scope=scope, template=template,
+            max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
+            batch_size=batch_size, device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
+        )
+        stats, score_meta = run.stats, dict(run.meta)
+    lap("statistics")
+
+    # ---------------------------------------------------------------- steps 2-5 with the lineage
+    layout = list(zip(stats.module_names, stats.module_sizes))
+    cumulative = ledger.cumulative_vector(layout, params.unit)
+    result = compute_scores(**method_inputs(stats), params=params, cum_factors=cumulative)
+    lap("select")
+
+    # ---------------------------------------------------------------- step 6
+    factors = unit_factors_by_module(stats, result.s)
+    edited, changes = apply_factors(source, factors, params.unit, floor=params.floor)
+    if edited is source:
+        raise NothingToDo(
+            f"nothing to do: {result.k} units were selected but every factor rounds to 1 "
+            f"(1 - s < 1e-4 with --floor {params.floor}); nothing written",
+            result.summary(),
+        )
+    totals = total_norms(changes)
+    lap("edit")
+
+    # ---------------------------------------------------------------- documents and writing
+    options = {
+        **params_to_dict(params),
+        "token_scope": scope,
+        "statistics_from": "score file" if scores is not None else "forward pass",
+        "template": template if scores is None else score_meta.get("template", template),
+        "max_length": max_length if scores is None else score_meta.get("max_length", max_length),
+        "max_samples": max_samples if scores is None else score_meta.get("max_samples", max_samples),
+        "retain_max_samples": retain_max_samples if scores is None else score_meta.get("retain_max_samples", retain_max_samples),
+        "seed": seed if scores is None else score_meta.get("seed", seed),
+        "allow_overlap": allow_overlap,
+    }
+    base_label = base if isinstance(base, (str, Path)) else None  # a (model, tokenizer) pair has no path
+    if base_label is None and isinstance(score_meta.get("base"), Mapping):
+        base_label = score_meta["base"].get("id")
+    cli_values = {
+        "base": base_label and str(base_label), "adapter": str(source.path), "forget": forget and str(forget), "retain": retain and str(retain),
+        "scores": scores and str(scores), "unit": params.unit, "token_scope": scope, "lam": params.lam,
+        "t_risk": params.t_risk, "min_gap": params.min_gap, "ratio": params.ratio, "tau": params.tau,
+        "decay": params.decay, "sharpness": params.sharpness, "floor": params.floor,
+        "no_contrast": params.no_contrast, "no_utility": params.no_utility, "template": template,
+        "max_length": max_length, "max_samples": max_samples, "retain_max_samples": retain_max_samples,
+        "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype,
+        "allow_overlap": allow_overlap, "receipt_key": receipt_key and str(receipt_key),
+        "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code,
+    }
+    if command_line is None:
+        command_line = equivalent_command({**cli_values, "output": out_dir and str(out_dir), "dry_run": dry_run})
+    inputs = {
+        "base": base_label and str(base_label),
+        "adapter": {"path": str(source.path), "sha256": source.sha256},
+        "forget": {"path": str(forget) if forget else None, "sha256": forget_sha256, "n_records": n_forget},
+        "retain": (
+            {"path": str(retain) if retain is not None else None, "sha256": score_meta.get("retain_sha256"),
+             "n_records": stats.retain.n_records}
+            if retain is not None or score_meta.get("retain_sha256") else None
+        ),
+        "scores": {"path": str(scores), "sha256": sha256_file(Path(scores))} if scores is not None else None,
+    }
+    receipt_doc = {
+        "forget_set_hmac": receipt,
+        "key_fingerprint": receipt_fp,
+        "source": "forget file" if forget is not None else "score file",
+    }
+    lineage = {"previous_entries": len(ledger.entries), "seq": len(ledger.entries) + 1, "input_matches_ledger": head_ok}
+
+    def document(output: dict | None) -> dict:
+        return attenuate_document(
+            command_line=command_line, dry_run=dry_run, inputs=inputs, receipt=receipt_doc, output=output,
+            options=options, unit=params.unit, summary=result.summary(), changes=changes, totals=totals,
+            lineage=lineage, warnings=warnings, timings=timings,
+        )
+
+    if dry_run:
+        return AttenuateRun(None, None, result, changes, document(None), timings, warnings, stats)
+
+    out_path = Path(out_dir)
+    with atomic_output_dir(out_path, force=force, protected=[source.path]) as tmp:
+        weights = edited.write_into(tmp)
+        # safetensors orders the metadata randomly per call: sort the header so equal inputs give
+        # equal bytes; and it creates the file 0600, while an adapter is meant to be shared.
+        weights.write_bytes(canonical_safetensors(weights.read_bytes()))
+        os.chmod(weights, 0o644)
+        output_sha256 = sha256_file(weights)
+        entry = new_entry(
+            ledger, unit=params.unit, factors=factors, module_order=[m.name for m in source.modules],
+            options=options, input_sha256=source.sha256, output_sha256=output_sha256, input_matches_ledger=head_ok,
+            forget_set_hmac=receipt, receipt_key_fingerprint=receipt_fp, n_forget_records=n_forget,
+        )
+        write_ledger(tmp, ledger, entry)
+        lap("write")
+        doc = document({"path": str(out_path), "adapter_sha256": output_sha256})
+        (tmp / REPORT_JSON).write_text(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / REPORT_MD).write_text(attenuate_markdown(doc), encoding="utf-8")
+        (tmp / CARD_NAME).write_text(model_card(doc, base_model=base_label or source.base_model_name), encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(config_toml("attenuate", cli_values), encoding="utf-8")
+    lap("write")
+    return AttenuateRun(out_path, output_sha256, result, changes, doc, timings, warnings, stats)

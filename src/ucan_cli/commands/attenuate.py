@@ -1,0 +1,155 @@
+"""``ucan attenuate``: write a new adapter in which the forget-specific LoRA units are scaled down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ucan_cli.method_options import (
+    DecayOpt,
+    FloorOpt,
+    LambdaOpt,
+    MinGapOpt,
+    NoContrastOpt,
+    NoUtilityOpt,
+    RatioOpt,
+    SharpnessOpt,
+    TauOpt,
+    TokenScopeOpt,
+    TRiskOpt,
+    UnitOpt,
+)
+from ucan_cli.options import PANEL_DATA, PANEL_MODEL, PANEL_OUTPUT, RuntimeOptions, ucan_command
+
+
+@ucan_command(model=True)
+def attenuate(
+    base: Annotated[
+        Optional[str],
+        typer.Option("--base", help="Base model id or local path (not needed with --scores).", rich_help_panel=PANEL_MODEL),
+    ] = None,
+    adapter: Annotated[
+        Optional[Path],
+        typer.Option("--adapter", help="Input PEFT LoRA adapter directory (never modified).", rich_help_panel=PANEL_MODEL),
+    ] = None,
+    forget: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--forget", help="Forget set (JSONL). With --scores it only supplies the receipt (default: the score file's).",
+            rich_help_panel=PANEL_DATA,
+        ),
+    ] = None,
+    retain: Annotated[
+        Optional[Path],
+        typer.Option("--retain", help="Retain set (JSONL; not needed with --scores).", rich_help_panel=PANEL_DATA),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="New adapter directory to write (refused if it exists, unless --force). Required unless --dry-run.",
+            rich_help_panel=PANEL_OUTPUT,
+        ),
+    ] = None,
+    scores: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--scores", help="Score file from `ucan score` for this adapter: no model loads; method options not given are taken from it.",
+            rich_help_panel=PANEL_DATA,
+        ),
+    ] = None,
+    unit: UnitOpt = None,
+    token_scope: TokenScopeOpt = None,
+    lam: LambdaOpt = None,
+    t_risk: TRiskOpt = None,
+    min_gap: MinGapOpt = None,
+    ratio: RatioOpt = None,
+    tau: TauOpt = None,
+    decay: DecayOpt = None,
+    sharpness: SharpnessOpt = None,
+    floor: FloorOpt = None,
+    no_contrast: NoContrastOpt = None,
+    no_utility: NoUtilityOpt = None,
+    template: Annotated[
+        str,
+        typer.Option("--template", help="Prompt template: alpaca, plain, chat or a Jinja2 file.", rich_help_panel=PANEL_DATA),
+    ] = "alpaca",
+    retain_max_samples: Annotated[
+        Optional[int],
+        typer.Option("--retain-max-samples", help="Use at most N retain records (a seeded sample).", rich_help_panel=PANEL_DATA, min=1),
+    ] = None,
+    allow_overlap: Annotated[
+        bool,
+        typer.Option("--allow-overlap", help="Allow the same id or user_id in forget and retain.", rich_help_panel=PANEL_DATA),
+    ] = False,
+    receipt_key: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--receipt-key", help="HMAC key file for forget receipts (default: your user key, created 0600 on first use).",
+            rich_help_panel=PANEL_DATA,
+        ),
+    ] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow pickle weights (.bin), which can run code.", rich_help_panel=PANEL_MODEL)
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow the base model's own Python code.", rich_help_panel=PANEL_MODEL)
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace an existing OUT_DIR; also attenuate a forget set already in the adapter's ledger.",
+            rich_help_panel=PANEL_OUTPUT,
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Compute everything and show what would change; write nothing.", rich_help_panel=PANEL_OUTPUT)
+    ] = False,
+    *,
+    rt: RuntimeOptions,
+) -> None:
+    """Scale down the LoRA units that fire more on the forget set than on the retain set.
+
+    Writes OUT_DIR: the attenuated adapter (loads with PeftModel.from_pretrained), README.md (model card), ucan_report.json / ucan_report.md, ucan_config.toml and ucan_ledger.jsonl. The input adapter is never modified. Exit 4, with nothing written, when no unit is eligible.
+
+    With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
+
+    Examples:
+
+      ucan attenuate --base ./base --adapter ./adapter --forget forget.jsonl --retain retain.jsonl -o ./adapter-forgot
+
+      ucan score --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl -o scores.safetensors
+
+      ucan attenuate --adapter ./adapter --scores scores.safetensors --ratio 0.02 -o ./adapter-forgot
+
+      ucan attenuate --adapter ./adapter-forgot --scores scores2.safetensors --forget f2.jsonl -o ./adapter-forgot-2
+    """
+    import shlex
+    import sys
+
+    from ucan_cli.attenuate_api import attenuate as run_attenuate
+    from ucan_cli.errors import InputError
+    from ucan_cli.report.attenuate import render_attenuate
+    from ucan_cli.ui import UI
+
+    ui = UI(rt)
+    if adapter is None:
+        raise InputError("--adapter: the input adapter directory is required")
+    method = {
+        "unit": unit, "lam": lam, "t_risk": t_risk, "min_gap": min_gap, "ratio": ratio, "tau": tau, "decay": decay,
+        "sharpness": sharpness, "floor": floor, "no_contrast": no_contrast, "no_utility": no_utility,
+    }
+    run = run_attenuate(
+        adapter, output, base=base, forget=forget, retain=retain, scores=scores, params=method, token_scope=token_scope,
+        template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
+        seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,
+        receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
+        dry_run=dry_run, command_line=shlex.join(["ucan", *sys.argv[1:]]), progress=ui.progress,
+    )
+    if rt.json:
+        ui.emit_json(run.report)
+    else:
+        render_attenuate(ui, run.report, limit=None if rt.verbose else 20)
+    for warning in run.warnings:
+        ui.warn(warning)

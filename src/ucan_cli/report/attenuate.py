@@ -1,0 +1,174 @@
+"""The ``attenuate`` report: the JSON document (``ucan_report.json``, schema in docs/outputs.md),
+its Markdown twin (``ucan_report.md``) and the Rich tables of the terminal.
+
+The document only lays out numbers the library computed. It never carries forget text or raw
+record ids (the forget set appears as its HMAC receipt), and never NaN or infinity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.table import Table
+
+from ucan_cli._version import __version__
+from ucan_cli.metrics import json_safe
+
+SCHEMA_VERSION = 1
+
+DISCLAIMER = (
+    "U-CAN is approximate unlearning with no formal guarantee: it down-scales the LoRA units that fire "
+    "more on the forget set than on the retain set. Earlier copies of the adapter, models merged with "
+    "it, and modules_to_save (fully fine-tuned copies that ucan does not edit) still hold the data."
+)
+
+#: Timing stages in the order they run.
+STAGES = ("inputs", "statistics", "select", "edit", "write")
+
+
+def attenuate_document(
+    *,
+    command_line: str,
+    dry_run: bool,
+    inputs: Mapping[str, Any],
+    receipt: Mapping[str, Any],
+    output: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+    unit: str,
+    summary: Mapping[str, Any],
+    changes: Sequence[Any],
+    totals: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+    warnings: Sequence[str],
+    timings: Mapping[str, float],
+) -> dict:
+    """The ``ucan_report.json`` document (schema_version 1), JSON-safe."""
+    modules = [c.to_dict() for c in changes]
+    edited = [m for m in modules if m["n_edited"]]
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "ucan_version": __version__,
+        "command": "attenuate",
+        "command_line": command_line,
+        "dry_run": bool(dry_run),
+        "inputs": dict(inputs),
+        "receipt": dict(receipt),
+        "output": dict(output) if output is not None else None,
+        "options": dict(options),
+        "unit": unit,
+        "summary": dict(summary),
+        "totals": {**dict(totals), "n_modules": len(modules), "n_modules_edited": len(edited)},
+        "modules": modules,
+        "lineage": dict(lineage),
+        "warnings": list(warnings),
+        "timings": {k: float(v) for k, v in timings.items()},
+        "disclaimer": DISCLAIMER,
+    }
+    return json_safe(doc)
+
+
+def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The numbers every view leads with, as (label, value) pairs."""
+    from ucan_cli.report import fmt
+
+    s, t = doc["summary"], doc["totals"]
+    floor = doc["options"].get("floor", 0.0)
+    return [
+        ("unit", doc["unit"]),
+        ("units (live / total)", f"{fmt(s['n_live'])} / {fmt(s['n_units'])}"),
+        ("eligible", fmt(s["n_eligible"])),
+        ("budget k", fmt(s["k"])),
+        ("attenuated #(s < 1)", fmt(s["n_attenuated"])),
+        (f"#(s <= {fmt((1 + floor) / 2)})", fmt(s["n_at_most_half"])),
+        ("sum(1 - s)", fmt(s["budget_sum_1_minus_s"])),
+        ("largest R / sigma0", fmt(s["max_R_over_sigma0"])),
+        ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
+        ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
+        ("relative change of ‖dW‖_F", f"{100 * t['rel_norm_change']:+.3g} %"),
+        ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+    ]
+
+
+def _edited_modules(doc: Mapping[str, Any], limit: int | None) -> tuple[list[dict], int]:
+    edited = [m for m in doc["modules"] if m["n_edited"]]
+    edited.sort(key=lambda m: -m["rel_delta"])
+    shown = edited if limit is None else edited[:limit]
+    return shown, len(edited) - len(shown)
+
+
+def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> None:
+    """Summary, the most-changed modules and the time per stage, on the UI's table stream."""
+    from ucan_cli.report import fmt
+
+    title = "U-CAN attenuation (dry run: nothing written)" if doc["dry_run"] else f"U-CAN attenuation -> {doc['output']['path']}"
+    summary = Table(title=title, title_justify="left", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    for label, value in headline(doc):
+        summary.add_row(label, value)
+    ui.table(summary)
+
+    shown, more = _edited_modules(doc, limit)
+    if shown:
+        table = Table(title="Modules edited (largest relative change first)", title_justify="left")
+        for col in ("module", "units edited", "#(s <= mid)", "min s", "sum(1-s)", "‖dW‖ rel. change", "‖dW'−dW‖/‖dW‖"):
+            table.add_column(col, justify="left" if col == "module" else "right")
+        for m in shown:
+            table.add_row(
+                m["name"], f"{m['n_edited']} / {m['n_units']}", str(m["n_at_most_half"]), fmt(m["min_factor"]),
+                fmt(m["sum_1_minus_s"]), f"{100 * m['rel_norm_change']:+.3g} %", f"{100 * m['rel_delta']:.3g} %",
+            )
+        if more:
+            table.caption = f"{more} more edited modules in ucan_report.json (--json prints every one)"
+        ui.table(table)
+    timings = doc["timings"]
+    ui.table("time per stage: " + ", ".join(f"{k} {timings[k]:.3g} s" for k in timings))
+
+
+def attenuate_markdown(doc: Mapping[str, Any], *, limit: int | None = 50) -> str:
+    """``ucan_report.md``: the same numbers as the JSON, for people."""
+    from ucan_cli.report import fmt
+
+    lines = ["# ucan attenuate report", ""]
+    if doc["dry_run"]:
+        lines += ["Dry run: nothing was written.", ""]
+    lines += ["```", doc["command_line"], "```", "", "| | |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in headline(doc)]
+    lines += ["", "## Inputs", "", "| input | path | SHA-256 |", "|---|---|---|"]
+    for name, value in doc["inputs"].items():
+        if isinstance(value, Mapping):
+            lines.append(f"| {name} | `{value.get('path')}` | `{value.get('sha256')}` |")
+        elif value is not None:
+            lines.append(f"| {name} | `{value}` | |")
+    r = doc["receipt"]
+    lines += [
+        "",
+        f"Forget set receipt (HMAC-SHA256): `{r['forget_set_hmac']}` under receipt key `{r['key_fingerprint']}`.",
+    ]
+    if doc["output"]:
+        lines += ["", f"Output adapter SHA-256: `{doc['output']['adapter_sha256']}`."]
+    shown, more = _edited_modules(doc, limit)
+    lines += ["", "## Modules edited", ""]
+    if shown:
+        lines += ["| module | units edited | #(s <= mid) | min s | sum(1-s) | ‖dW‖ rel. change | ‖dW'−dW‖/‖dW‖ |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for m in shown:
+            lines.append(
+                f"| `{m['name']}` | {m['n_edited']} / {m['n_units']} | {m['n_at_most_half']} | {fmt(m['min_factor'])} | "
+                f"{fmt(m['sum_1_minus_s'])} | {100 * m['rel_norm_change']:+.3g} % | {100 * m['rel_delta']:.3g} % |"
+            )
+        if more:
+            lines += ["", f"{more} more edited modules are listed in ucan_report.json."]
+    else:
+        lines.append("None.")
+    lines += ["", "## Options", "", "| option | value |", "|---|---|"]
+    lines += [f"| {k} | `{json.dumps(v)}` |" for k, v in doc["options"].items()]
+    lin = doc["lineage"]
+    lines += ["", "## Lineage", "", f"Ledger entry {lin['seq']} (earlier requests: {lin['previous_entries']})."]
+    if doc["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in doc["warnings"]]
+    lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3g} |" for k, v in doc["timings"].items()]
+    lines += ["", "## What this is", "", doc["disclaimer"], ""]
+    return "\n".join(lines)
