@@ -315,3 +315,25 @@ def test_output_and_option_checks(world, tmp_path):
     missing = tmp_path / "none"
     result = run(*base_args(world, "--reference", str(missing)))
     assert result.exit_code == 2 and "reference adapter:" in result.stderr and "not found" in result.stderr
+
+
+def test_attenuate_then_eval(world, tmp_path):
+    """The pipeline a user runs: ucan attenuate writes an adapter, ucan eval measures it."""
+    forgot = tmp_path / "forgot"
+    result = CliRunner().invoke(app, ["attenuate", "--base", world["base"], "--adapter", str(world["original"]),
+                                      "--forget", str(world["forget"]), "--retain", str(world["retain"]),
+                                      "-o", str(forgot), "--device", "cpu", "--receipt-key", str(world["key"])])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "report"
+    result = run("--base", world["base"], "--adapter", str(world["original"]), "--unlearned", str(forgot),
+                 "--reference", str(world["reference"]), "--forget", str(world["forget"]), "--retain", str(world["retain"]),
+                 "--holdout", str(world["holdout"]), "-o", str(out), "--device", "cpu", "--bootstrap", "100",
+                 "--fail-if", "retain.ppl > 100*original")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "report.json").read_text())
+    report_schema, _ = _schemas()
+    assert validate(doc, report_schema, report_schema) == []
+    u = doc["results"]["unlearned_1"]
+    assert u["forget"]["kl"] > 0  # the edit moved the forget predictions
+    assert doc["adapters"][1]["path"] == str(forgot)
+    assert doc["gates"]["passed"] is True

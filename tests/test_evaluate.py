@@ -313,6 +313,15 @@ def test_holdout_scope_is_retain_users(tmp_path, tokenizer, llama, adapters, sca
     pr = res.per_record["holdout"]["unlearned_1"]["recall@1"]
     assert res.results["unlearned_1"]["holdout"]["recall@1"] == pytest.approx(float(np.mean(pr[:3])))
     assert res.results["unlearned_1"]["tradeoff"]["holdout@10"] is not None
+    # holdout records of forget users only: no generalization utility to measure, MIA still runs
+    holdout = records(tmp_path, "holdout_f", hold_rows[3:])
+    res = evaluate(llama, tokenizer, adapter_entries(adapters["llama"], [scaled_adapter]), forget, retain, holdout,
+                   ks=(1, 10), bootstrap=0)
+    assert res.data["holdout"]["scope_records"] == 0
+    assert res.results["unlearned_1"]["holdout"]["ppl"] is None
+    assert res.null_reasons["unlearned_1"]["holdout.recall@1"] == "no holdout record belongs to a retain user"
+    assert res.results["unlearned_1"]["tradeoff"]["holdout@10"] is None
+    assert res.results["unlearned_1"]["privacy"]["mia_auc"] is not None
     # without user ids on the holdout records: all of D_h, and no second Trade-off
     for row in hold_rows:
         del row["user_id"]
