@@ -395,6 +395,10 @@ def test_round_trip_peft_bias_rslora_and_byte_identical(tmp_path, tiny_models, a
     assert invoke(*args, "-o", second, "--forget", scored["root"] / "forget.jsonl").exit_code == 0
     weights = (first / "adapter_model.safetensors").read_bytes()
     assert weights == (second / "adapter_model.safetensors").read_bytes()  # same inputs -> same bytes
+    # The resolved config reproduces the run.
+    result = runner.invoke(app, ["attenuate", "--config", str(first / "ucan_config.toml"), "-o", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "c" / "adapter_model.safetensors").read_bytes() == weights
     src = LoraAdapter.load(adapters["qwen2_rs"])
     out = LoraAdapter.load(first)
     assert out.config_bytes == src.config_bytes

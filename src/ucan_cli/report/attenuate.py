@@ -124,7 +124,7 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
             table.caption = f"{more} more edited modules in ucan_report.json (--json prints every one)"
         ui.table(table)
     timings = doc["timings"]
-    ui.table("time per stage: " + ", ".join(f"{k} {timings[k]:.3g} s" for k in timings))
+    ui.table("time per stage: " + ", ".join(f"{k} {timings[k]:.3f} s" for k in timings))
 
 
 def attenuate_markdown(doc: Mapping[str, Any], *, limit: int | None = 50) -> str:
