@@ -588,3 +588,26 @@ def test_console_script_end_to_end(tmp_path, adapters, scored):
     ]
     assert json.loads((out / "ucan_report.json").read_text())["summary"] == doc["summary"]
     assert doc["summary"]["n_attenuated"] > 0
+
+
+def test_floor_rule_uses_the_ledger(tmp_path, adapters, scored):
+    """Units driven to the floor by an earlier request are not eligible again (SPEC step 4)."""
+    from conftest import make_records
+
+    root = scored["root"]
+    first = tmp_path / "first"
+    result = invoke("--adapter", adapters["llama"], "--scores", scored["llama"], "-o", first, "--decay", "hard",
+                    "--tau", "0.5", "--receipt-key", root / "key", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    zeroed = summary["n_attenuated"]
+    assert zeroed > 0 and summary["n_pass_floor"] == summary["n_live"]
+    # The same statistics for the edited adapter, from another forget request.
+    write_jsonl(tmp_path / "forget_b.jsonl", make_records(3, seed=9, user_offset=300))
+    again = synthetic_score_file(first, tmp_path / "again.safetensors", root / "key", tmp_path / "forget_b.jsonl", seed=3)
+    result = invoke("--adapter", first, "--scores", again, "-o", tmp_path / "second", "--decay", "hard", "--tau", "0.5",
+                    "--receipt-key", root / "key")
+    assert result.exit_code == 4
+    live = summary["n_live"]
+    assert f"cumulative factor above floor: {live - zeroed}, eligible: " in result.stderr
+    assert siblings(tmp_path / "second") == []
