@@ -371,3 +371,14 @@ def test_reference_for_another_base_is_refused(tmp_path, tokenizer, llama, adapt
     entries = adapter_entries(adapters["llama"], [adapters["llama"]], reference=adapters["gpt2"])
     with pytest.raises(InputError, match=r"reference adapter \(reference\): .*does not exist in the base model"):
         evaluate(llama, tokenizer, entries, forget, retain)
+
+
+def test_paths_in_the_python_api(tmp_path, tiny_models, adapters, scaled_adapter, llama, tokenizer):
+    """evaluate() also takes a model path and record file paths, and gives the same numbers."""
+    f = write_jsonl(tmp_path / "f.jsonl", letter_rows(4, seed=23))
+    r = write_jsonl(tmp_path / "r.jsonl", letter_rows(4, seed=24, user_offset=100))
+    entries = adapter_entries(adapters["llama"], [scaled_adapter])
+    by_path = evaluate(str(tiny_models["llama"]), None, entries, f, r, bootstrap=0, device="cpu")
+    by_object = evaluate(llama, tokenizer, entries, read_records(f), read_records(r), bootstrap=0)
+    assert by_path.results["unlearned_1"]["forget"] == by_object.results["unlearned_1"]["forget"]
+    assert by_path.data["forget"]["path"] == str(f)

@@ -772,7 +772,11 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "ru_maxrss (process peak RSS)"
 
 
-def _as_records(x: RecordSet | Sequence[Record]) -> tuple[tuple[Record, ...], dict]:
+def _as_records(x: RecordSet | Sequence[Record] | str | Path, role: str) -> tuple[tuple[Record, ...], dict]:
+    if isinstance(x, (str, Path)):
+        from ucan_cli.io.data import read_records
+
+        x = read_records(x, role)
     if isinstance(x, RecordSet):
         return x.records, {"path": str(x.path), "sha256": x.sha256, "records_total": x.n_total or len(x)}
     recs = tuple(x)
@@ -783,9 +787,9 @@ def evaluate(
     model,
     tokenizer,
     adapters: Sequence[AdapterEntry],
-    forget: RecordSet | Sequence[Record],
-    retain: RecordSet | Sequence[Record],
-    holdout: RecordSet | Sequence[Record] | None = None,
+    forget: RecordSet | Sequence[Record] | str | Path,
+    retain: RecordSet | Sequence[Record] | str | Path,
+    holdout: RecordSet | Sequence[Record] | str | Path | None = None,
     *,
     ks: Sequence[int] = M.DEFAULT_KS,
     bootstrap: int = 1000,
@@ -794,15 +798,22 @@ def evaluate(
     max_length: int | None = None,
     template: str = "alpaca",
     padding_side: str = "left",
+    device: str = "auto",
+    dtype: str = "auto",
     progress: ProgressFactory | None = None,
 ) -> EvalResult:
     """Evaluate every adapter of ``adapters`` (from ``adapter_entries``) on the record sets.
 
-    ``model`` is a plain (not PEFT-wrapped) causal LM in eval mode; the adapters are attached to
-    it for the run and removed afterwards, so the caller gets its base model back unchanged.
-    ``bootstrap`` is the number of paired resamples for the CIs (0: none). Raises InputError
-    for bad K, adapters that do not fit the model, or empty sets; UcanRuntimeError when a model
-    produces NaN.
+    ``model`` is a plain (not PEFT-wrapped) causal LM in eval mode, or a model id / path that is
+    loaded here (with ``device`` and ``dtype``; ``tokenizer`` None loads the model's own). The
+    adapters are attached for the run and removed afterwards, so the caller gets its base model
+    back unchanged. Record sets may be paths. ``bootstrap`` is the number of paired resamples
+    for the CIs (0: none). Raises InputError for bad K, adapters that do not fit the model, or
+    empty sets; UcanRuntimeError when a model produces NaN. Example::
+
+        entries = adapter_entries("./lora", ["./lora-forgot"], reference="./retrained")
+        result = evaluate("./base", None, entries, "forget.jsonl", "retain.jsonl", "holdout.jsonl")
+        result.results["unlearned_1"]["tradeoff"]["retain@10"]
     """
     from peft import PeftModel
 
@@ -814,18 +825,23 @@ def evaluate(
         raise InputError(f"--bootstrap must be a non-negative integer, got {bootstrap!r}")
     if not adapters or adapters[0].role != "original":
         raise InputError("the first adapter must be the original")
-    if isinstance(model, PeftModel):
-        raise InputError("evaluate() takes the plain base model; it attaches the adapters itself")
-    check_against_base(adapters, model)
-    sets: dict[str, tuple[tuple[Record, ...], dict]] = {"forget": _as_records(forget), "retain": _as_records(retain)}
+    sets = {"forget": _as_records(forget, "forget"), "retain": _as_records(retain, "retain")}
     if holdout is not None:
-        sets["holdout"] = _as_records(holdout)
+        sets["holdout"] = _as_records(holdout, "holdout")
     for name, (recs, _) in sets.items():
         if not recs:
             raise InputError(f"the {name} set has no records")
-    device = _model_device(model)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if isinstance(model, (str, Path)):
+        from ucan_cli.io.models import load_base_model, load_tokenizer
+
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(str(model))
+        model = load_base_model(str(model), device=device, dtype=dtype)
+    if isinstance(model, PeftModel):
+        raise InputError("evaluate() takes the plain base model; it attaches the adapters itself")
+    check_against_base(adapters, model)
+    run_device = _model_device(model)
+    if run_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run_device)
     formatter = PromptFormatter(template, tokenizer)
     length = max_length or default_max_length(tokenizer, model.config)
 
@@ -897,7 +913,7 @@ def evaluate(
         summary._set(e.id, "cost", "sequences", seqs)
         summary._set(e.id, "cost", "samples_per_s", n_rec / secs if secs > 0 else None, "no measurable forward time")
     total_records = sum(sp.n for sp in passes.values()) * len(adapters)
-    peak, peak_source = _peak_memory(device)
+    peak, peak_source = _peak_memory(run_device)
     wall = time.perf_counter() - t_start
     cost = {
         "wall_s": wall,
@@ -907,7 +923,7 @@ def evaluate(
         "samples_per_s": total_records / forward_s if forward_s > 0 else None,
         "peak_memory_bytes": peak,
         "peak_memory_source": peak_source,
-        "device": str(device),
+        "device": str(run_device),
     }
     data: dict[str, dict] = {}
     for name, sp in passes.items():
@@ -927,7 +943,7 @@ def evaluate(
     settings = {
         "ks": list(ks), "bootstrap": bootstrap, "seed": seed, "batch_size": batch_size, "max_length": length,
         "template": template, "padding_side": padding_side, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(device),
+        "device": str(run_device),
     }
     return EvalResult(
         adapters=list(adapters),
