@@ -137,3 +137,16 @@ def test_device_and_dtype_resolution():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda:0")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_config_keys_use_long_option_names():
+    """`lambda = 0.2` in a config file means --lambda, whose parameter is named `lam`."""
+    import inspect
+
+    from ucan_cli.commands.attenuate import attenuate
+    from ucan_cli.options import _option_names
+
+    names = _option_names({p.name: p.annotation for p in inspect.signature(attenuate).parameters.values()})
+    assert names["lambda"] == "lam" and names["lam"] == "lam"
+    assert names["token_scope"] == "token_scope" and names["no_contrast"] == "no_contrast"
+    assert "contrast" not in names  # the negative spelling of a flag never aliases it

@@ -148,12 +148,30 @@ def _convert(value, annotation, name: str, path: Path):
     return value
 
 
+def _option_names(annotations: dict) -> dict[str, str]:
+    """Config key -> parameter name: each long option name (``lambda`` for ``--lambda``) and the
+    parameter's own name (``lam``), with underscores for dashes."""
+    names = {name: name for name in annotations}
+    for name, annotation in annotations.items():
+        for meta in typing.get_args(annotation)[1:] if typing.get_origin(annotation) is Annotated else ():
+            # Under Annotated, Typer keeps the first flag in ``default`` and the rest in ``param_decls``.
+            first = getattr(meta, "default", None)
+            decls = [first] if isinstance(first, str) else []
+            for decl in [*decls, *(getattr(meta, "param_decls", None) or ())]:
+                flag = str(decl).split("/")[0]  # "--no-contrast/--contrast": the declared sense only
+                if flag.startswith("--"):
+                    names.setdefault(flag[2:].replace("-", "_"), name)
+    return names
+
+
 def _apply_config(kwargs: dict, ctx, annotations: dict, command: str) -> dict:
     """Fill options not given on the command line from ``--config`` (top-level keys, then [command])."""
     config_path = kwargs.get("config")
     if config_path is None:
         return kwargs
     loaded = _load_config(Path(config_path), command)
+    aliases = _option_names(annotations)
+    loaded = {part: {aliases.get(k, k): v for k, v in values.items()} for part, values in loaded.items()}
     unknown = sorted(set(loaded["own"]) - set(annotations))
     if unknown:
         raise InputError(f"{config_path}: [{command}] has unknown option(s): {', '.join(unknown)}")
