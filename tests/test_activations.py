@@ -268,3 +268,17 @@ def test_statistics_reject_inconsistent_shapes(world):
         )
     with pytest.raises(ValueError, match="halves"):
         stats_for(world["llama"], halves=([0, 1], [1, 2]))
+
+
+@pytest.mark.parametrize("unit", ["output", "rank"])
+@pytest.mark.parametrize("scope", ["response", "all"])
+def test_gather_and_dense_reductions_agree(world, monkeypatch, unit, scope):
+    """The two per-row reductions (gather + one-hot product, masked dense sum) give the same sums."""
+    import ucan_cli.activations as act
+
+    w = world["gpt2"]
+    monkeypatch.setattr(act, "DENSE_THRESHOLD", 10**9)  # always gather
+    gathered = stats_for(w, unit=unit, scope=scope)
+    monkeypatch.setattr(act, "DENSE_THRESHOLD", -1)  # always dense
+    dense = stats_for(w, unit=unit, scope=scope)
+    assert_stats_close(gathered, dense, rtol=1e-12)

@@ -1,9 +1,9 @@
 """Step 1 of U-CAN: stream per-unit activation statistics of a LoRA adapter over a data set.
 
 One forward pass per set, no gradients (``torch.inference_mode``), eval mode (dropout off). A
-forward hook on each LoRA module's ``lora_A`` sees z = A x for every token of the batch; inside
-the hook the tokens of the token scope are selected and reduced to per-unit sums, so nothing per
-token outlives the hook:
+forward hook on each LoRA module's ``lora_A`` keeps a reference to z = A x for the batch; right
+after the forward pass the tokens of the token scope are selected and reduced to per-unit sums,
+all modules of one shape at once, so nothing per token outlives the batch:
 
 * rank units (``unit="rank"``): a_u = z_j, the j-th bottleneck neuron;
 * output units (``unit="output"``): a_u = c_l (B_l z)_k, the k-th output of the LoRA update
@@ -29,7 +29,7 @@ import torch
 
 from ucan_cli.errors import UcanRuntimeError
 from ucan_cli.io.adapter import LoraAdapter
-from ucan_cli.io.tokenize import Batch, Encoded, iter_batches
+from ucan_cli.io.tokenize import Encoded, iter_batches
 from ucan_cli.progress import ProgressFactory, or_null
 from ucan_cli.scoring import UNITS, SetStats
 
@@ -37,7 +37,14 @@ SCOPES = ("response", "last", "all")
 SET_NAMES = ("forget", "retain", "half_a", "half_b")
 
 CHUNK_ELEMENTS = 1 << 22
-"""Largest (tokens x units) block the hook materializes at once (float64: 32 MiB)."""
+"""Largest (modules x tokens x units) activation block materialized at once (float64: 32 MiB;
+the reduction holds a few such temporaries)."""
+
+DENSE_THRESHOLD = 4
+"""Reduce over every padded position (masked) instead of gathering the scoped tokens when a
+batch has more than DENSE_THRESHOLD x (padded width) scoped tokens: the gather path's one-hot
+product costs rows x tokens, the dense path rows x width. ``response`` and ``last`` take the
+gather path, ``all`` the dense one; both give the same sums up to rounding."""
 
 
 @dataclass
@@ -180,77 +187,166 @@ def _model_device(model) -> torch.device:
 # Streaming accumulation
 
 
+@dataclass
+class _Block:
+    """Modules whose units are reduced together in one set of batched operations.
+
+    Output units: modules of one shape (r, d_out), their z stacked on a leading axis and mapped
+    to a = c z B^T by one batched product with ``transform`` (k, r, d_out). Rank units: every
+    module, z concatenated along the feature axis (k = 1, ``transform`` None). ``offsets``
+    holds the flat index of each slice's first unit.
+    """
+
+    modules: list[int]
+    stack: bool
+    transform: torch.Tensor | None
+    offsets: list[int]
+    width: int  # units per slice
+
+
+def _blocks(adapter: LoraAdapter, unit: str, device: torch.device) -> tuple[list[_Block], list[int]]:
+    """The reduction blocks and the units per module (flat layout: module order, then index)."""
+    mods = adapter.modules
+    sizes = [m.d_out if unit == "output" else m.r for m in mods]
+    offsets = [0, *np.cumsum(sizes)[:-1].tolist()]
+    if unit == "rank":
+        return [_Block(list(range(len(mods))), False, None, [0], int(sum(sizes)))], sizes
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(mods):
+        by_shape.setdefault((m.r, m.d_out), []).append(i)
+    blocks = []
+    for (_, d_out), members in by_shape.items():
+        transform = torch.stack([(mods[i].scaling * mods[i].B.to(torch.float64)).T for i in members]).to(device)
+        blocks.append(_Block(members, True, transform, [offsets[i] for i in members], d_out))
+    return blocks, sizes
+
+
 class _Accumulator:
     """Float64 per-unit sums for G groups of records (forget: 1 group; retain: whole + halves).
 
-    Accumulators live on the model's device; the only host transfer is at the end. Within a
-    batch, per-row sums are formed with a one-hot matrix product (deterministic on CUDA, unlike
-    scatter-add), then per-group sums with a 0/1 group matrix.
+    The four sums of every unit live in one (G, 4, N) tensor on the model's device (sum |a|,
+    sum a^2, sum of record means, sum of squared record means); the only host transfer is at the
+    end. During a forward pass the hooks only keep a reference to each lora_A output; after it,
+    ``reduce`` processes every module of a block at once, so the cost per batch is a few dozen
+    operations whatever the number of modules. Per batch, the token selection, the one-hot token
+    -> row matrix and the 0/1 row -> group matrix are built on the host from the mask (no device
+    sync) and sent once. Per-row sums are a one-hot matrix product over the scoped tokens or a
+    masked sum over all positions (see DENSE_THRESHOLD), per-group sums a matrix product: no
+    scatter-add, so results are deterministic on CUDA too.
     """
 
-    def __init__(self, n_groups: int, n_units: int, device: torch.device):
-        f64 = dict(dtype=torch.float64, device=device)
-        self.sum_abs = torch.zeros(n_groups, n_units, **f64)
-        self.sum_sq = torch.zeros(n_groups, n_units, **f64)
-        self.rec_sum = torch.zeros(n_groups, n_units, **f64)
-        self.rec_sumsq = torch.zeros(n_groups, n_units, **f64)
-        self.tokens = torch.zeros(n_groups, **f64)
-        self.n_records = torch.zeros(n_groups, **f64)
+    def __init__(self, n_groups: int, n_units: int, n_modules: int, device: torch.device):
+        self.device = device
+        self.sums = torch.zeros(n_groups, 4, n_units, dtype=torch.float64, device=device)
+        self.tokens = np.zeros(n_groups)
+        self.n_records = np.zeros(n_groups)
+        self.z: list[torch.Tensor | None] = [None] * n_modules
+        self.calls = [0] * n_modules
         # per-batch state, set by begin_batch
-        self.flat_idx: torch.Tensor | None = None
-        self.onehot: torch.Tensor | None = None
-        self.counts: torch.Tensor | None = None
-        self.groups: torch.Tensor | None = None
+        self.flat_idx = self.onehot = self.inv_counts = self.groups = self.mask = None
         self.shape: tuple[int, int] = (0, 0)
+        self.n_tok = 0
+
+    def send(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def begin_batch(self, mask: torch.Tensor, groups: torch.Tensor) -> None:
-        """``mask`` (B, T) bool: scoped tokens; ``groups`` (G, B) float64: row membership."""
+        """``mask`` (B, T) bool on the host: scoped tokens; ``groups`` (G, B) float64: membership."""
         rows, width = mask.shape
         self.shape = (rows, width)
-        self.flat_idx = mask.reshape(-1).nonzero().squeeze(1)
-        row_of_token = self.flat_idx // width
-        self.onehot = (torch.arange(rows, device=mask.device)[:, None] == row_of_token[None, :]).to(torch.float64)
-        self.counts = mask.sum(dim=1).to(torch.float64)
-        has_tokens = (self.counts > 0).to(torch.float64)
-        self.groups = groups * has_tokens[None, :]
-        self.tokens += self.groups @ self.counts
-        self.n_records += self.groups.sum(dim=1)
+        flat_idx = mask.reshape(-1).nonzero().squeeze(1)
+        onehot = (torch.arange(rows)[:, None] == (flat_idx // width)[None, :]).to(torch.float64)
+        counts = mask.sum(dim=1).to(torch.float64)
+        groups = groups * (counts > 0).to(torch.float64)[None, :]
+        self.tokens += (groups @ counts).numpy()
+        self.n_records += groups.sum(dim=1).numpy()
+        self.n_tok = int(flat_idx.numel())
+        self.flat_idx = self.send(flat_idx)
+        self.onehot = self.send(onehot)
+        self.mask = self.send(mask)
+        self.inv_counts = self.send((1.0 / counts.clamp(min=1.0))[:, None])
+        self.groups = self.send(groups)
+        self.z = [None] * len(self.z)
+        self.calls = [0] * len(self.calls)
 
-    def add(self, z: torch.Tensor, offset: int, transform: torch.Tensor | None) -> None:
-        """Reduce one module's ``lora_A`` output z (B, T, r) into units [offset, offset + d)."""
+    def hook(self, i: int):
+        """A forward hook for module ``i``'s lora_A: keep its output (no copy) for ``reduce``."""
+
+        def keep(_module, _inputs, output):
+            self.calls[i] += 1
+            self.z[i] = output
+
+        return keep
+
+    def _kept(self, block: _Block) -> torch.Tensor:
+        """The block's kept z over all positions: (k, B*T, r) stacked or (1, B*T, sum r)."""
         rows, width = self.shape
-        r = z.shape[-1]
-        if z.numel() != rows * width * r:
-            raise UcanRuntimeError(
-                f"a LoRA layer saw {z.numel() // max(r, 1)} positions but the batch has {rows}x{width}"
+        zs = [self.z[i] for i in block.modules]
+        for i, z in zip(block.modules, zs):
+            if z is None or z.numel() != rows * width * z.shape[-1]:
+                seen = "nothing" if z is None else f"{z.numel() // z.shape[-1]} positions"
+                raise UcanRuntimeError(f"LoRA module #{i} saw {seen} but the batch has {rows}x{width} positions")
+        if block.stack:
+            return torch.stack([z.reshape(rows * width, -1) for z in zs])
+        return torch.cat([z.reshape(rows * width, -1) for z in zs], dim=1).unsqueeze(0)
+
+    def _row_sums_sparse(self, z: torch.Tensor, block: _Block) -> torch.Tensor:
+        """(k, B, 2d) from the scoped tokens only: one-hot token -> row products."""
+        z = z.index_select(1, self.flat_idx).to(torch.float64)
+        k, n_tok, _ = z.shape
+        chunk = max(1, CHUNK_ELEMENTS // (k * block.width))
+        parts = []
+        for start in range(0, n_tok, chunk):
+            a = z[:, start : start + chunk]
+            if block.transform is not None:
+                a = torch.bmm(a, block.transform)
+            parts.append(self.onehot[:, start : start + chunk] @ torch.cat([a.abs(), a.square()], dim=2))
+        return torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
+
+    def _row_sums_dense(self, z: torch.Tensor, block: _Block) -> torch.Tensor:
+        """(k, B, 2d) over every position, masked: cheaper when most positions are in scope."""
+        rows, width = self.shape
+        k, _, r = z.shape
+        z = z.view(k, rows, width, r)
+        chunk = max(1, CHUNK_ELEMENTS // (k * width * block.width))
+        parts = []
+        for start in range(0, rows, chunk):
+            zc = z[:, start : start + chunk].to(torch.float64)
+            n_rows = zc.shape[1]
+            a = zc if block.transform is None else torch.bmm(zc.reshape(k, n_rows * width, r), block.transform)
+            a = a.reshape(k, n_rows, width, -1)
+            keep = self.mask[start : start + chunk, :, None]  # where(), not a product: pads may hold NaN
+            parts.append(
+                torch.cat([torch.where(keep, a.abs(), 0.0).sum(2), torch.where(keep, a.square(), 0.0).sum(2)], dim=2)
             )
-        selected = z.reshape(rows * width, r).index_select(0, self.flat_idx).to(torch.float64)
-        d = r if transform is None else transform.shape[1]
-        row_abs = torch.zeros(rows, d, dtype=torch.float64, device=z.device)
-        row_sq = torch.zeros(rows, d, dtype=torch.float64, device=z.device)
-        chunk = max(1, CHUNK_ELEMENTS // d)
-        for start in range(0, selected.shape[0], chunk):
-            a = selected[start : start + chunk]
-            if transform is not None:
-                a = a @ transform
-            onehot = self.onehot[:, start : start + chunk]
-            row_abs += onehot @ a.abs()
-            row_sq += onehot @ a.square()
-        rec_mean = row_abs / self.counts.clamp(min=1.0)[:, None]
-        cols = slice(offset, offset + d)
-        self.sum_abs[:, cols] += self.groups @ row_abs
-        self.sum_sq[:, cols] += self.groups @ row_sq
-        self.rec_sum[:, cols] += self.groups @ rec_mean
-        self.rec_sumsq[:, cols] += self.groups @ rec_mean.square()
+        return torch.cat(parts, dim=1)
+
+    def reduce(self, blocks: list[_Block]) -> None:
+        """Fold the kept lora_A outputs of one batch into the sums, block by block."""
+        rows, width = self.shape
+        sparse = self.n_tok <= DENSE_THRESHOLD * width
+        for block in blocks:
+            z = self._kept(block)
+            d = block.width
+            row_sums = self._row_sums_sparse(z, block) if sparse else self._row_sums_dense(z, block)
+            rec_mean = row_sums[..., :d] * self.inv_counts
+            per_group = self.groups @ torch.cat([row_sums, rec_mean, rec_mean.square()], dim=2)  # (k, G, 4d)
+            per_group = per_group.view(z.shape[0], -1, 4, d)
+            for j, offset in enumerate(block.offsets):
+                self.sums[:, :, offset : offset + d] += per_group[j]
+        self.z = [None] * len(self.z)
 
     def set_stats(self, g: int) -> SetStats:
-        n = self.sum_abs.shape[1]
+        sums = self.sums[g].cpu().numpy()
+        n = sums.shape[1]
         return SetStats(
-            sum_abs=self.sum_abs[g].cpu().numpy(),
-            sum_sq=self.sum_sq[g].cpu().numpy(),
+            sum_abs=sums[0],
+            sum_sq=sums[1],
             tokens=np.full(n, float(self.tokens[g])),
-            rec_sum=self.rec_sum[g].cpu().numpy(),
-            rec_sumsq=self.rec_sumsq[g].cpu().numpy(),
+            rec_sum=sums[2],
+            rec_sumsq=sums[3],
             n_records=int(round(float(self.n_records[g]))),
         )
 
@@ -262,8 +358,7 @@ def _stream(
     encoded: Sequence[Encoded],
     groups: np.ndarray,
     *,
-    offsets: list[int],
-    transforms: list[torch.Tensor | None],
+    blocks: list[_Block],
     n_units: int,
     scope: str,
     batch_size: int,
@@ -273,22 +368,10 @@ def _stream(
     description: str,
 ) -> _Accumulator:
     """One pass over ``encoded``; ``groups`` (G, n_records) bool says which group each record is in."""
-    device = _model_device(model)
-    acc = _Accumulator(groups.shape[0], n_units, device)
+    acc = _Accumulator(groups.shape[0], n_units, len(layers), _model_device(model))
     if not encoded:
         return acc
-    calls = [0] * len(layers)
-    handles = []
-
-    def make_hook(i: int):
-        def hook(_module, _inputs, output):
-            calls[i] += 1
-            acc.add(output.detach(), offsets[i], transforms[i])
-
-        return hook
-
-    for i, layer in enumerate(layers):
-        handles.append(layer.lora_A[adapter_name].register_forward_hook(make_hook(i)))
+    handles = [layer.lora_A[adapter_name].register_forward_hook(acc.hook(i)) for i, layer in enumerate(layers)]
     extra = {"use_cache": False}
     if _accepts_logits_to_keep(model):
         extra["logits_to_keep"] = 1
@@ -296,27 +379,20 @@ def _stream(
     try:
         with progress(description, len(encoded)) as advance:
             for batch in iter_batches(encoded, batch_size, pad_id, padding_side=padding_side):
-                _run_batch(model, batch, scope, groups_t, acc, extra, device)
-                if any(c != 1 for c in calls):
-                    bad = next(i for i, c in enumerate(calls) if c != 1)
-                    name = layers[bad].__class__.__name__
+                acc.begin_batch(batch.scope_mask(scope), groups_t[:, batch.index])
+                model(**{k: acc.send(v) for k, v in batch.model_inputs().items()}, **extra)
+                bad = next((i for i, c in enumerate(acc.calls) if c != 1), None)
+                if bad is not None:
                     raise UcanRuntimeError(
-                        f"LoRA module #{bad} ({name}) ran {calls[bad]} times in one forward pass; "
-                        "ucan needs each adapted module to run exactly once (is the adapter merged or disabled?)"
+                        f"LoRA module #{bad} ran {acc.calls[bad]} times in one forward pass; ucan needs each "
+                        "adapted module to run exactly once (is the adapter merged or disabled?)"
                     )
-                calls[:] = [0] * len(layers)
+                acc.reduce(blocks)
                 advance(len(batch.index))
     finally:
         for handle in handles:
             handle.remove()
     return acc
-
-
-def _run_batch(model, batch: Batch, scope: str, groups_t: torch.Tensor, acc: _Accumulator, extra: dict, device) -> None:
-    mask = batch.scope_mask(scope).to(device)
-    acc.begin_batch(mask, groups_t[:, batch.index].to(device))
-    inputs = {k: v.to(device) for k, v in batch.model_inputs().items()}
-    model(**inputs, **extra)
 
 
 def collect_statistics(
@@ -363,19 +439,14 @@ def collect_statistics(
     progress = or_null(progress)
     layers = find_lora_layers(model, adapter, adapter_name)
     device = _model_device(model)
-    sizes = [m.d_out if unit == "output" else m.r for m in adapter.modules]
-    offsets = [0, *np.cumsum(sizes)[:-1].tolist()]
+    blocks, sizes = _blocks(adapter, unit, device)
     n_units = int(sum(sizes))
-    transforms: list[torch.Tensor | None] = [
-        (m.scaling * m.B.to(torch.float64)).T.contiguous().to(device) if unit == "output" else None
-        for m in adapter.modules
-    ]
     retain_groups = np.zeros((3, n_retain), dtype=bool)
     retain_groups[0] = True
     retain_groups[1, idx_a] = True
     retain_groups[2, idx_b] = True
     common = dict(
-        offsets=offsets, transforms=transforms, n_units=n_units, scope=scope, batch_size=batch_size,
+        blocks=blocks, n_units=n_units, scope=scope, batch_size=batch_size,
         pad_id=pad_id, padding_side=padding_side, progress=progress,
     )
     was_training = model.training
