@@ -7,9 +7,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from ucan_cli.options import PANEL_DATA, PANEL_METHOD, PANEL_MODEL, PANEL_OUTPUT, RuntimeOptions, ucan_command
-
-DEFAULT_RATIO = 0.05
+from ucan_cli.method_options import (
+    DecayOpt,
+    FloorOpt,
+    LambdaOpt,
+    MinGapOpt,
+    NoContrastOpt,
+    NoUtilityOpt,
+    RatioOpt,
+    SharpnessOpt,
+    TauOpt,
+    TokenScopeOpt,
+    TRiskOpt,
+    UnitOpt,
+    params_from_options,
+    resolve_token_scope,
+)
+from ucan_cli.options import PANEL_DATA, PANEL_MODEL, PANEL_OUTPUT, RuntimeOptions, ucan_command
 
 
 def _opt(*names: str, help: str, panel: str, **kw):
@@ -24,42 +38,22 @@ def score(
     ],
     forget: Annotated[Path, _opt("--forget", help="Records to forget (JSONL, .jsonl.gz, Parquet, Arrow).", panel=PANEL_DATA)],
     retain: Annotated[Path, _opt("--retain", help="Records to keep: the contrast and the noise reference.", panel=PANEL_DATA)],
+    unit: UnitOpt = None,
+    token_scope: TokenScopeOpt = None,
+    lam: LambdaOpt = None,
+    t_risk: TRiskOpt = None,
+    min_gap: MinGapOpt = None,
+    ratio: RatioOpt = None,
+    tau: TauOpt = None,
+    decay: DecayOpt = None,
+    sharpness: SharpnessOpt = None,
+    floor: FloorOpt = None,
+    no_contrast: NoContrastOpt = None,
+    no_utility: NoUtilityOpt = None,
     output: Annotated[
         Optional[Path],
         _opt("--output", "-o", help="Score file to write (safetensors). Required unless --dry-run.", panel=PANEL_OUTPUT),
     ] = None,
-    unit: Annotated[
-        str,
-        _opt("--unit", help="output: one unit per output neuron of each LoRA update (fine); rank: one per LoRA rank (coarse).", panel=PANEL_METHOD),
-    ] = "output",
-    token_scope: Annotated[
-        str,
-        _opt(
-            "--token-scope",
-            help="Tokens whose activations count: response (positions predicting the answer), last (last prompt "
-            "token) or all (every token; template words dilute the contrast).",
-            panel=PANEL_METHOD,
-        ),
-    ] = "response",
-    lam: Annotated[float, _opt("--lambda", help="Utility weight: S = Rh - lambda * Uh.", panel=PANEL_METHOD)] = 0.5,
-    t_risk: Annotated[float, _opt("--t-risk", help="Noise gate: R must reach t_risk x sigma0.", panel=PANEL_METHOD)] = 3.0,
-    min_gap: Annotated[
-        float, _opt("--min-gap", help="Effect-size gate: R must reach log(1 + min_gap).", panel=PANEL_METHOD)
-    ] = 0.05,
-    ratio: Annotated[
-        Optional[float],
-        _opt("--ratio", help="Budget: at most ceil(ratio x live units) units [default: 0.05]. Excludes --tau.", panel=PANEL_METHOD),
-    ] = None,
-    tau: Annotated[
-        Optional[float], _opt("--tau", help="Budget by threshold: every eligible unit with S >= tau. Excludes --ratio.", panel=PANEL_METHOD)
-    ] = None,
-    decay: Annotated[str, _opt("--decay", help="sigmoid, exp or hard (ablation: s = floor).", panel=PANEL_METHOD)] = "sigmoid",
-    sharpness: Annotated[float, _opt("--sharpness", help="gamma of the decay.", panel=PANEL_METHOD)] = 4.0,
-    floor: Annotated[float, _opt("--floor", help="Smallest factor, in [0, 1).", panel=PANEL_METHOD)] = 0.0,
-    no_contrast: Annotated[
-        bool, _opt("--no-contrast", help="Ablation w/o C: risk from the forget set alone.", panel=PANEL_METHOD)
-    ] = False,
-    no_utility: Annotated[bool, _opt("--no-utility", help="Ablation w/o F: lambda = 0.", panel=PANEL_METHOD)] = False,
     template: Annotated[
         str, _opt("--template", help="Prompt template: alpaca, plain, chat or a Jinja2 file.", panel=PANEL_DATA)
     ] = "alpaca",
@@ -71,7 +65,7 @@ def score(
     ] = False,
     receipt_key: Annotated[
         Optional[Path],
-        _opt("--receipt-key", help="HMAC key file for the forget receipt [default: ~/.config/ucan/receipt.key].", panel=PANEL_DATA),
+        _opt("--receipt-key", help="HMAC key file for the forget receipt (default: ~/.config/ucan/receipt.key, created 0600).", panel=PANEL_DATA),
     ] = None,
     allow_pickle: Annotated[
         bool, _opt("--allow-pickle", help="Allow pickle weights (.bin), which can run code.", panel=PANEL_MODEL)
@@ -109,16 +103,14 @@ def score(
       ucan score ... -o s.safetensors --unit rank --token-scope last --tau 1.5 --json | jq .verdict
     """
     from ucan_cli.errors import InputError
-    from ucan_cli.scoring import MethodParams
     from ucan_cli.ui import UI
 
     ui = UI(rt)
-    if ratio is not None and tau is not None:
-        raise InputError("--ratio and --tau are mutually exclusive; give one of them")
-    params = MethodParams(
-        lam=lam, t_risk=t_risk, min_gap=min_gap, ratio=None if tau is not None else (DEFAULT_RATIO if ratio is None else ratio),
-        tau=tau, decay=decay, sharpness=sharpness, floor=floor, no_contrast=no_contrast, no_utility=no_utility, unit=unit,
-    ).validate()
+    params = params_from_options(
+        unit=unit, lam=lam, t_risk=t_risk, min_gap=min_gap, ratio=ratio, tau=tau, decay=decay, sharpness=sharpness,
+        floor=floor, no_contrast=no_contrast, no_utility=no_utility,
+    )
+    token_scope = resolve_token_scope(token_scope)
     if output is None and not dry_run:
         raise InputError("-o/--output is required (the score file to write), unless --dry-run")
     if output is not None:
