@@ -10,7 +10,6 @@ is shared between the two but the model.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
