@@ -234,3 +234,23 @@ def test_input_adapter_never_modified_by_writing(tmp_path, adapters):
     with atomic_output_dir(tmp_path / "out", force=False, protected=[src]) as tmp:
         edited.write_into(tmp)
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_write_is_byte_stable_and_shareable(tmp_path, adapters):
+    """Equal adapters give equal bytes (safetensors orders metadata from a hash map), mode 0644."""
+    adapter = LoraAdapter.load(adapters["llama"])
+    adapter.metadata.update({"a": "1", "b": "2", "c": "3"})
+    outs = []
+    for name in ("x", "y"):
+        (tmp_path / name).mkdir()
+        outs.append(adapter.write_into(tmp_path / name, extra_metadata={"z": "9", "y": "8"}))
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert oct(outs[0].stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

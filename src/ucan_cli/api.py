@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -266,6 +265,7 @@ def _prepare(
     forget_set = _read_set(forget, "forget")
     retain_set = _read_set(retain, "retain")
     check_disjoint(forget_set, retain_set, allow_overlap=allow_overlap)
+    forget_file = forget_set  # the deletion request is the whole file, whatever --max-samples scores
     forget_set = forget_set.sample(max_samples, seed)
     retain_cap = min(x for x in (max_samples, retain_max_samples, len(retain_set)) if x is not None)
     retain_set = retain_set.sample(retain_cap, seed)
@@ -334,7 +334,7 @@ def _prepare(
         "adapter_path": str(loaded.path),
         "forget_sha256": forget_set.sha256,
         "retain_sha256": retain_set.sha256,
-        "forget_receipt": set_receipt(key, forget_set.records),
+        "forget_receipt": set_receipt(key, forget_file.records),
         "receipt_key_fingerprint": key_fingerprint(key),
         "base": base_meta,
         "unit": params.unit,
@@ -383,9 +383,7 @@ def _adapted_model(prep: _Prepared, *, device: str, dtype: str, allow_pickle: bo
         if prep.adapter_given:  # an in-memory adapter may differ from its files: attach its own tensors
             prep.adapter.write_into(Path(tmp))
             adapter_dir = Path(tmp)
-        with warnings.catch_warnings():  # PEFT calls a transformers method deprecated in v5
-            warnings.simplefilter("ignore", FutureWarning)
-            peft_model = attach_adapter(model, adapter_dir)
+        peft_model = attach_adapter(model, adapter_dir)
     prep.meta["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     prep.meta["device_type"] = next(model.parameters()).device.type
     prep.timings["load_model_s"] = time.perf_counter() - t0

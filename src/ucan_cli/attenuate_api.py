@@ -17,7 +17,6 @@ writes nothing. The input adapter is only ever read.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import time
 from collections.abc import Mapping
@@ -181,7 +180,6 @@ def attenuate(
     from ucan_cli.io.ledger import check_adapter_head, check_repeat, new_entry, read_ledger, write_ledger
     from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
     from ucan_cli.io.receipts import key_fingerprint, load_or_create_key, set_receipt
-    from ucan_cli.io.scorefile import canonical_safetensors
     from ucan_cli.method_options import params_to_dict, resolve_token_scope
     from ucan_cli.report.attenuate import attenuate_document, attenuate_markdown
     from ucan_cli.report.card import model_card
@@ -348,11 +346,7 @@ def attenuate(
 
     out_path = Path(out_dir)
     with atomic_output_dir(out_path, force=force, protected=[source.path]) as tmp:
-        weights = edited.write_into(tmp)
-        # safetensors orders the metadata randomly per call: sort the header so equal inputs give
-        # equal bytes; and it creates the file 0600, while an adapter is meant to be shared.
-        weights.write_bytes(canonical_safetensors(weights.read_bytes()))
-        os.chmod(weights, 0o644)
+        weights = edited.write_into(tmp)  # byte-stable, mode from the umask like any shared file
         output_sha256 = sha256_file(weights)
         entry = new_entry(
             ledger, unit=params.unit, factors=factors, module_order=[m.name for m in source.modules],

@@ -38,7 +38,6 @@ import inspect
 import math
 import resource
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 from ucan_cli import metrics as M
 from ucan_cli.errors import InputError, UcanRuntimeError
 from ucan_cli.io.data import Record, RecordSet
+from ucan_cli.io.models import hf_quiet
 from ucan_cli.io.prompts import PromptFormatter
 from ucan_cli.io.tokenize import (
     IGNORE_INDEX,
@@ -847,12 +847,10 @@ def evaluate(
 
     t = time.perf_counter()
     original = adapters[0]
-    with warnings.catch_warnings():  # transformers deprecation notices raised inside PEFT's loading
-        warnings.simplefilter("ignore", FutureWarning)
+    with hf_quiet():
         peft_model = PeftModel.from_pretrained(model, str(original.path), adapter_name=original.id, is_trainable=False)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+        with hf_quiet():
             for e in adapters[1:]:
                 if e.path is not None:
                     peft_model.load_adapter(str(e.path), adapter_name=e.id, is_trainable=False)

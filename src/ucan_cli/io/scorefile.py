@@ -27,6 +27,7 @@ import numpy as np
 
 from ucan_cli.activations import SCOPES, SET_NAMES, Statistics
 from ucan_cli.errors import InputError
+from ucan_cli.io.canonical import canonical_safetensors
 from ucan_cli.io.outdir import atomic_write_file
 from ucan_cli.scoring import UNITS, ScoreResult, SetStats
 
@@ -75,21 +76,6 @@ def score_file_bytes(stats: Statistics, result: ScoreResult | None, meta: dict) 
             {"params": asdict(result.params), "summary": result.summary()}, allow_nan=False, sort_keys=True
         )
     return canonical_safetensors(save(tensors, metadata=metadata))
-
-
-def canonical_safetensors(raw: bytes) -> bytes:
-    """The same safetensors file with its JSON header in sorted-key order.
-
-    ``safetensors`` serializes the metadata from a Rust ``HashMap``, whose iteration order is
-    random per call: with two or more metadata keys, equal inputs give different bytes. Sorting
-    the header (compact JSON, space-padded to 8 bytes as the format asks) restores byte
-    identity; tensor offsets are relative to the data section, which is unchanged.
-    """
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
 
 
 def save_score_file(path: str | Path, stats: Statistics, result: ScoreResult | None, meta: dict, *, force: bool) -> Path:
