@@ -150,3 +150,15 @@ def test_config_keys_use_long_option_names():
     assert names["lambda"] == "lam" and names["lam"] == "lam"
     assert names["token_scope"] == "token_scope" and names["no_contrast"] == "no_contrast"
     assert "contrast" not in names  # the negative spelling of a flag never aliases it
+
+
+def test_python_api_exports_are_lazy_and_real():
+    code = (
+        "import sys, ucan_cli; assert 'torch' not in sys.modules; "
+        "from ucan_cli import score, attenuate, evaluate, MethodParams; "
+        "import ucan_cli.api, ucan_cli.attenuate_api, ucan_cli.evaluate; "
+        "assert score is ucan_cli.api.score and attenuate is ucan_cli.attenuate_api.attenuate; "
+        "assert evaluate is ucan_cli.evaluate.evaluate; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
