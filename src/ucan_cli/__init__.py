@@ -2,12 +2,14 @@
 
 The Python API is the same code the commands run::
 
-    from ucan_cli import score, attenuate, evaluate
+    from ucan_cli import score, attenuate
+    from ucan_cli.evaluate import evaluate
 
     run = score("./base", "./adapter", "forget.jsonl", "retain.jsonl")
     out = attenuate(base="./base", adapter="./adapter", forget="forget.jsonl", retain="retain.jsonl", out_dir="./forgot")
 
 The functions load lazily, so ``import ucan_cli`` costs nothing until one is used.
+(``evaluate`` stays in its module: a package attribute of that name would hide the submodule.)
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from ucan_cli._version import __version__
 _LAZY = {
     "score": ("ucan_cli.api", "score"),
     "attenuate": ("ucan_cli.attenuate_api", "attenuate"),
-    "evaluate": ("ucan_cli.evaluate", "evaluate"),
     "MethodParams": ("ucan_cli.scoring", "MethodParams"),
 }
 
