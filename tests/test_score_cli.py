@@ -210,17 +210,17 @@ def test_api_noise_sets_nothing_to_do(tiny_models, adapters, data, tmp_path):
         assert run.meta["summary"]["n_eligible"] == 0
 
 
-def test_api_overview_recomputation_matches_result(tiny_models, adapters, data, tmp_path):
-    """The k = 0 path of contrast_overview recomputes steps 2-4 exactly as compute_scores."""
-    run = api.score(str(tiny_models["llama"]), adapters["llama"], data["forget"], data["retain"])
-    assert run.result is not None and run.result.k > 0
-    again = api.contrast_overview(run.stats, run.result.params, None)
-    for name in ("R", "R0", "U", "S", "live", "eligible"):
-        np.testing.assert_array_equal(again["arrays"][name], run.overview["arrays"][name], err_msg=name)
-    for name in ("sigma0", "max_R", "n_R_above", "n_R0_above", "n_eligible", "verdict"):
-        assert again[name] == run.overview[name], name
-    assert run.overview["verdict"] == "separable"
-    assert run.overview["n_R_above"] > run.overview["n_R0_above"]
+def test_api_overview_of_nothing_to_do_uses_the_k0_result(tiny_models, adapters, data, tmp_path):
+    """With k = 0 the verdict is explained from the very arrays compute_scores produced."""
+    run = api.score(str(tiny_models["gpt2"]), adapters["gpt2"], data["same"], data["retain"], allow_overlap=True)
+    k0 = run.nothing_to_do.result
+    assert run.result is None and k0 is not None and k0.k == 0 and not k0.eligible.any()
+    for name, array in (("R", k0.R), ("R0", k0.R0), ("U", k0.U), ("S", k0.S), ("live", k0.live)):
+        assert run.overview["arrays"][name] is array, name
+    assert run.overview["sigma0"] == k0.sigma0 and run.overview["verdict"] == "noise"
+    separable = api.score(str(tiny_models["llama"]), adapters["llama"], data["forget"], data["retain"])
+    assert separable.result.k > 0 and separable.overview["verdict"] == "separable"
+    assert separable.overview["n_R_above"] > separable.overview["n_R0_above"]
 
 
 def test_api_accepts_loaded_model_and_restores_it(tiny_models, adapters, data):

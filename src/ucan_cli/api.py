@@ -31,17 +31,6 @@ from ucan_cli.scoring import (
     MethodParams,
     ScoreResult,
     compute_scores,
-    eligibility,
-    fuse,
-    live_units,
-    module_eps,
-    moments,
-    noise_sigma,
-    risk,
-    risk_no_contrast,
-    robust_z,
-    utility_output,
-    utility_rank,
 )
 
 NOISE_SENTENCE = (
@@ -88,11 +77,11 @@ class ScorePlan:
 # Contrast against the noise reference
 
 
-def contrast_overview(stats: Statistics, params: MethodParams, result: ScoreResult | None = None) -> dict[str, Any]:
+def contrast_overview(result: ScoreResult) -> dict[str, Any]:
     """How far the forget/retain contrast stands above the noise reference, and the verdict.
 
-    Uses ``result``'s arrays when given; otherwise (k = 0, ``compute_scores`` raised) recomputes
-    steps 2-4 from ``stats`` with the same functions. JSON-safe (no NaN). Keys: ``n_live``,
+    ``result`` may be a k = 0 result (the one ``NothingToDo.result`` carries). JSON-safe (no
+    NaN) except ``arrays``. Keys: ``n_live``,
     ``sigma0``, ``max_R``, ``max_R_over_sigma0``, ``threshold`` (t_risk * sigma0),
     ``n_R_above`` (live units with R >= threshold), ``n_R0_above`` (live units with
     |R0| >= threshold: what a noise-only forget set reaches, both tails), ``n_eligible``,
@@ -104,14 +93,11 @@ def contrast_overview(stats: Statistics, params: MethodParams, result: ScoreResu
     more units reach the threshold than noise does (n_R_above <= n_R0_above); else
     ``separable``. Under ``no_contrast`` R is not a contrast, so no noise comparison is made.
     """
-    if result is not None:
-        r, r0, u, live, sigma0, s_fused, eligible = (
-            result.R, result.R0, result.U, result.live, result.sigma0, result.S, result.eligible
-        )
-        k = int(result.k)
-    else:
-        r, r0, u, live, sigma0, s_fused, eligible = _steps_2_to_4(stats, params)
-        k = 0
+    params = result.params
+    r, r0, u, live, sigma0, s_fused, eligible = (
+        result.R, result.R0, result.U, result.live, result.sigma0, result.S, result.eligible
+    )
+    k = int(result.k)
     n_live = int(live.sum())
     thr = params.t_risk * sigma0
     max_r = float(r[live].max()) if n_live else None
@@ -158,30 +144,6 @@ def contrast_overview(stats: Statistics, params: MethodParams, result: ScoreResu
         "sentence": sentence,
         "arrays": {"R": r, "R0": r0, "U": u, "S": s_fused, "live": live, "eligible": eligible},
     }
-
-
-def _steps_2_to_4(stats: Statistics, params: MethodParams):
-    """R, R0, U, live, sigma0, S and eligibility exactly as ``compute_scores`` computes them."""
-    ids = stats.module_ids
-    m1_f, _ = moments(stats.forget)
-    m1_r, m2_r = moments(stats.retain)
-    m1_a, _ = moments(stats.half_a)
-    m1_b, _ = moments(stats.half_b)
-    eps = module_eps(m1_r, ids)[ids]
-    r = risk_no_contrast(m1_f, eps) if params.no_contrast else risk(m1_f, m1_r, eps)
-    r0 = risk(m1_a, m1_b, module_eps(m1_b, ids)[ids])
-    if params.unit == "rank":
-        u = utility_rank(m2_r, stats.scaling, stats.b_col_norms)
-    else:
-        u = utility_output(m2_r)
-    live = live_units(u, stats.forget, stats.retain)
-    sigma0 = noise_sigma(r0, live)
-    rh = robust_z(r, live)
-    log_u = np.full(u.shape, np.nan)
-    log_u[live] = np.log(u[live])
-    s_fused = fuse(rh, robust_z(log_u, live), params.effective_lambda)
-    rules = eligibility(r, rh, live, sigma0, params, None)
-    return r, r0, u, live, sigma0, s_fused, rules.eligible
 
 
 def _finite(x: float | None) -> float | None:
@@ -477,7 +439,7 @@ def score(
     prep.timings["total_s"] = time.perf_counter() - t0
     tokens = prep.meta["tokens"]["forget_total"] + prep.meta["tokens"]["retain_total"]
     prep.timings["tokens_per_s"] = tokens / prep.timings["passes_s"] if prep.timings["passes_s"] > 0 else None
-    overview = contrast_overview(stats, params, result)
+    overview = contrast_overview(result if result is not None else nothing.result)
     meta = dict(prep.meta)
     meta["verdict"] = {k: v for k, v in overview.items() if k != "arrays"}
     meta["summary"] = result.summary() if result is not None else nothing.details

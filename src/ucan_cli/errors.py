@@ -54,6 +54,9 @@ class NothingToDo(UcanError):
 
     exit_code = EXIT_NOTHING
 
-    def __init__(self, message: str, details: dict | None = None):
+    def __init__(self, message: str, details: dict | None = None, result=None):
         super().__init__(message)
         self.details = details or {}
+        #: the k = 0 ``ScoreResult`` when scoring raised this: every per-unit array, so callers can
+        #: explain the decision without recomputing it.
+        self.result = result

@@ -531,7 +531,7 @@ def _nothing_to_do(res: ScoreResult) -> NothingToDo:
             f"nothing to do: no live unit among {d['n_units']} "
             "(all dead: zero utility, no token, or constant across records)"
         )
-        return NothingToDo(msg, d)
+        return NothingToDo(msg, d, res)
 
     def num(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.4g}"
@@ -551,7 +551,7 @@ def _nothing_to_do(res: ScoreResult) -> NothingToDo:
     tail = ""
     if p.tau is not None and d["n_eligible"] > 0:
         tail = f"; no eligible unit has S >= tau = {num(p.tau)}"
-    return NothingToDo(f"{head}; units passing {rules}{tail}", d)
+    return NothingToDo(f"{head}; units passing {rules}{tail}", d, res)
 
 
 def _check_finite(stats: SetStats, name: str) -> None:
