@@ -547,8 +547,13 @@ def json_ready(x: Any) -> Any:
 
 def world_facts(bench: Bench) -> dict:
     """What the JSON records about the world (its key pins the generator and builder code)."""
+    from ucan_cli.io.adapter import sha256_file
+
     m = bench.manifest
-    return {"path": str(bench.world), "key": m.get("key"), "world": m.get("world"), "label": m.get("label")}
+    return {"path": str(bench.world), "key": m.get("key"), "world": m.get("world"), "label": m.get("label"),
+            "original_sha256": sha256_file(bench.original / "adapter_model.safetensors"),
+            "reference_sha256": sha256_file(bench.reference / "adapter_model.safetensors"),
+            "memorization": m.get("memorization")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -525,7 +525,7 @@ def test_snap_to_exactly_one() -> None:
     snap = math.log(5e-5 / (1 - 5e-5)) / 4  # 1 - s = 5e-5: snapped
     s = np.array([keep, snap, 5.0])
     eligible = np.array([True, True, False])
-    out = factors_from_scores(s, eligible, 0.0, MethodParams())
+    out = factors_from_scores(s, eligible, 0.0, MethodParams(decay="sigmoid"))
     assert abs(1 - out[0] - 2e-4) <= 1e-12
     assert out[1] == 1.0
     assert out[2] == 1.0  # not eligible: exactly 1 regardless of its score
@@ -604,7 +604,8 @@ def test_invalid_params_name_the_option(kwargs: dict, option: str) -> None:
 
 
 def test_defaults_are_valid() -> None:
+    # The tuned defaults (benchmarks/sweep.py; docs/method.md, "Tuned defaults (evidence)").
     p = MethodParams().validate()
-    assert (p.lam, p.t_risk, p.min_gap, p.ratio, p.tau) == (0.5, 3.0, 0.05, 0.05, None)
-    assert (p.decay, p.sharpness, p.floor, p.unit) == ("sigmoid", 4.0, 0.0, "output")
+    assert (p.lam, p.t_risk, p.min_gap, p.ratio, p.tau) == (0.5, 3.0, 0.05, 0.1, None)
+    assert (p.decay, p.sharpness, p.floor, p.unit) == ("exp", 4.0, 0.0, "output")
     assert MethodParams(ratio=1.0, floor=0.0, sharpness=1e-3).validate().ratio == 1.0

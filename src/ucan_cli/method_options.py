@@ -26,16 +26,17 @@ from ucan_cli.options import PANEL_METHOD
 if TYPE_CHECKING:
     from ucan_cli.scoring import MethodParams
 
-#: Documented defaults (the values of ``scoring.MethodParams``; a test keeps them in step).
+#: Documented defaults (the values of ``scoring.MethodParams``; a test keeps them in step). Tuned on
+#: the demo world (benchmarks/sweep.py; evidence in docs/method.md, "Tuned defaults (evidence)").
 DEFAULTS: dict[str, Any] = {
     "unit": "output",
     "token_scope": "response",
     "lam": 0.5,
     "t_risk": 3.0,
     "min_gap": 0.05,
-    "ratio": 0.05,
+    "ratio": 0.1,
     "tau": None,
-    "decay": "sigmoid",
+    "decay": "exp",
     "sharpness": 4.0,
     "floor": 0.0,
     "no_contrast": False,
@@ -74,7 +75,7 @@ MinGapOpt = Annotated[
 ]
 RatioOpt = Annotated[
     Optional[float],
-    _method("--ratio", help="Budget: at most ceil(ratio x live units) units at s <= (1+floor)/2 (default 0.05). Excludes --tau."),
+    _method("--ratio", help="Budget: at most ceil(ratio x live units) units at s <= (1+floor)/2 (default 0.1). Excludes --tau."),
 ]
 TauOpt = Annotated[
     Optional[float],
@@ -82,7 +83,7 @@ TauOpt = Annotated[
 ]
 DecayOpt = Annotated[
     Optional[str],
-    _method("--decay", help="Soft attenuation: sigmoid (default), exp, or hard (ablation w/o H: s = floor for the selected units)."),
+    _method("--decay", help="Soft attenuation: exp (default), sigmoid, or hard (ablation w/o H: s = floor for the selected units)."),
 ]
 SharpnessOpt = Annotated[
     Optional[float],

@@ -124,7 +124,7 @@ class MethodParams:
             ``None`` when ``tau`` is given: the two are mutually exclusive, so a CLI that
             defaults ``--ratio`` passes ``ratio=None`` whenever ``--tau`` is set.
         tau: score threshold; selects every eligible unit with S >= tau (``--tau``).
-        decay: ``sigmoid`` (default), ``exp`` or ``hard`` (``--decay``).
+        decay: ``exp`` (default), ``sigmoid`` or ``hard`` (``--decay``).
         sharpness: gamma of the decay (``--sharpness``).
         floor: smallest factor, in [0, 1) (``--floor``).
         no_contrast: ablation w/o C (``--no-contrast``).
@@ -135,9 +135,9 @@ class MethodParams:
     lam: float = 0.5
     t_risk: float = 3.0
     min_gap: float = 0.05
-    ratio: float | None = 0.05
+    ratio: float | None = 0.1
     tau: float | None = None
-    decay: str = "sigmoid"
+    decay: str = "exp"
     sharpness: float = 4.0
     floor: float = 0.0
     no_contrast: bool = False
