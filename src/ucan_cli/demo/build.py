@@ -276,11 +276,14 @@ def build_world(
     ``measure`` adds the memorization numbers (a few seconds). The manifest is also written as
     ``world.json``.
     """
+    from ucan_cli.io.models import hf_quiet
+
     config = config or CONFIGS[world.size]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model is overhead-bound: one thread is faster and leaves a core free
     try:
-        return _build(world, Path(out_dir), config, progress, measure, key, Path(reuse) if reuse else None)
+        with hf_quiet():
+            return _build(world, Path(out_dir), config, progress, measure, key, Path(reuse) if reuse else None)
     finally:
         torch.set_num_threads(threads)
 
