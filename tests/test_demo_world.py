@@ -187,3 +187,24 @@ def test_an_incomplete_or_foreign_world_is_not_complete(tmp_path):
     assert not cache.is_complete(tmp_path, key)
     (tmp_path / "world.json").write_text(json.dumps({"key": key}))
     assert cache.is_complete(tmp_path, key)
+
+
+def test_shipped_worlds_are_current_and_unpack(tmp_path):
+    # After changing demo/world.py or demo/build.py, run scripts/build_demo_assets.py: stale
+    # archives are ignored by the demo (it builds instead), and this test says so.
+    for scenario in ("group", "random"):
+        archive = cache.asset_path(0, scenario)
+        assert archive.is_file(), f"{archive} missing: run scripts/build_demo_assets.py"
+        with tarfile.open(archive) as tar:
+            shipped = json.loads(tar.extractfile("world.json").read())
+        assert shipped["key"] == cache.world_key(0, scenario), "stale demo assets: run scripts/build_demo_assets.py"
+        assert archive.stat().st_size < 1_000_000
+    path, how = cache.ensure_world(0, "group", root=tmp_path)
+    assert how == "shipped" and cache.is_complete(path, cache.world_key(0, "group"))
+    manifest = json.loads((path / "world.json").read_text())
+    memo = manifest["memorization"]
+    # The numbers docs/demo.md quotes for seed 0.
+    assert memo["original"]["forget"] == {"recall@1": 0.475, "recall@5": 0.84}
+    assert memo["reference"]["forget"] == {"recall@1": 0.045, "recall@5": 0.155}
+    assert memo["original"]["mia_auc_forget_vs_holdout"] == 0.8074
+    assert cache.ensure_world(0, "group", root=tmp_path) == (path, "cached")
