@@ -45,8 +45,11 @@ from sweep import (  # noqa: E402  (the benchmark helpers live next to this scri
     Bench,
     Config,
     attenuate_config,
+    bootstrap_index,
     evaluate_dirs,
     fmt,
+    forget_arrays,
+    j_resamples,
     json_ready,
     metrics_of,
     objective,
@@ -69,6 +72,23 @@ def default_config() -> Config:
         min_gap=DEFAULTS["min_gap"], ratio=DEFAULTS["ratio"], decay=DEFAULTS["decay"],
         sharpness=DEFAULTS["sharpness"], floor=DEFAULTS["floor"],
     )
+
+
+def with_overrides(config: Config, items: Sequence[str]) -> Config:
+    """``config`` with OPTION=VALUE overrides (field names of ``Config``), typed like the field."""
+    changes: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in Config.__dataclass_fields__:
+            sys.exit(f"error: --set {item!r}: expected OPTION=VALUE with OPTION one of {', '.join(Config.__dataclass_fields__)}")
+        current = getattr(config, name)
+        if isinstance(current, bool):
+            changes[name] = text.lower() in ("1", "true", "yes")
+        elif isinstance(current, float):
+            changes[name] = float(text)
+        else:
+            changes[name] = text
+    return replace(config, **changes)
 
 
 def random_units(bench: Bench, att: dict, draw: int) -> tuple[Path, dict]:
@@ -101,7 +121,7 @@ def random_units(bench: Bench, att: dict, draw: int) -> tuple[Path, dict]:
 def compare_world(bench: Bench, config: Config, *, draws: int, bootstrap: int) -> dict:
     """Every method on one world: rows of metrics, the score verdict and the checks."""
     t0 = time.perf_counter()
-    score_file(bench, config.unit, config.scope)
+    score_file(bench, config.unit, config.scope, config.params())
     methods: dict[str, Config] = {"U-CAN": config}
     methods.update({name: replace(config, **change) for name, change in ABLATIONS.items()})
     rows: dict[str, dict] = {}
@@ -126,8 +146,12 @@ def compare_world(bench: Bench, config: Config, *, draws: int, bootstrap: int) -
     if dirs:
         result = evaluate_dirs(bench, [d for _, d in dirs], bootstrap=bootstrap, include_base=True)
         anchors = {a: metrics_of(result, a) for a in ("original", "reference", "base")}
+        ref_forget = forget_arrays(result, "reference")
+        index = bootstrap_index(len(ref_forget["kl_reference"]))
+        j_boot = {}
         for (name, _), adapter_id in zip(dirs, result.unlearned_ids):
             m = metrics_of(result, adapter_id)
+            j_boot[name] = j_resamples(forget_arrays(result, adapter_id), ref_forget, index)
             rows[name].update(m)
             rows[name].update(objective(m, anchors["original"], anchors["reference"]))
             rows[name]["ci_vs_original"] = {
@@ -136,13 +160,24 @@ def compare_world(bench: Bench, config: Config, *, draws: int, bootstrap: int) -
             }
         for a in ("original", "reference", "base"):
             anchors[a].update(objective(anchors[a], anchors["original"], anchors["reference"]))
+        randoms = [j for n, j in j_boot.items() if n.startswith("random #")]
+        if randoms:
+            j_boot["random (mean)"] = sum(randoms) / len(randoms)
+        if "U-CAN" in j_boot:
+            for name, boot in j_boot.items():
+                if name != "U-CAN":
+                    rows.setdefault(name, {})["_dJ_boot"] = boot - j_boot["U-CAN"]
+                    rows[name]["dJ_vs_ucan_ci"] = paired_ci(rows[name]["_dJ_boot"])
         eval_s = result.cost["wall_s"]
         warnings = result.warnings
     else:
         anchors, eval_s, warnings = {}, 0.0, []
     randoms = [r for n, r in rows.items() if n.startswith("random #")]
     if randoms:
+        boot = rows.pop("random (mean)", {}).get("_dJ_boot")
         rows["random (mean)"] = mean_row("random (mean)", randoms)
+        if boot is not None:
+            rows["random (mean)"].update(_dJ_boot=boot, dJ_vs_ucan_ci=paired_ci(boot))
     info = bench.score_info[(config.unit, config.scope)]
     return {
         "world": world_facts(bench), "config": asdict(config), "score": info, "anchors": anchors, "rows": rows,
@@ -150,9 +185,16 @@ def compare_world(bench: Bench, config: Config, *, draws: int, bootstrap: int) -
     }
 
 
+def paired_ci(diff) -> list[float]:
+    """The 95% percentile interval of paired bootstrap differences."""
+    import numpy as np
+
+    return [float(x) for x in np.quantile(diff, [0.025, 0.975])]
+
+
 def mean_row(name: str, rows: Sequence[dict]) -> dict:
     """Mean of every numeric field over ``rows`` (None when any is None)."""
-    out: dict[str, Any] = {"method": name, "status": "ok" if all(r["status"] == "ok" for r in rows) else "mixed",
+    out: dict[str, Any] = {"method": name, "status": "ok" if all(r.get("status", "ok") == "ok" for r in rows) else "mixed",
                            "n": len(rows)}
     keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     for key in keys:
@@ -195,8 +237,8 @@ COLUMNS = [
     ("forget.recall@5", "f R@5"), ("forget.ndcg@10", "f N@10"), ("forget.kl", "f KL"),
     ("retain.recall@5", "r R@5"), ("retain.ndcg@10", "r N@10"), ("retain.kl", "r KL"),
     ("holdout.recall@5", "h R@5"), ("holdout.ndcg@10", "h N@10"), ("holdout.kl", "h KL"),
-    ("gap_rank", "gap"), ("gap_kl", "KL ref"), ("objective", "J"), ("feasible", "ok"),
-    ("tradeoff.retain@10", "TO@10 r"), ("tradeoff.holdout@10", "TO@10 h"), ("privacy.mia_auc", "MIA"),
+    ("gap_rank", "gap"), ("gap_kl", "KL ref"), ("objective", "J"), ("dJ_vs_ucan_ci", "J - J(U-CAN), 95% CI"),
+    ("feasible", "ok"), ("tradeoff.retain@10", "TO@10 r"), ("tradeoff.holdout@10", "TO@10 h"), ("privacy.mia_auc", "MIA"),
 ]
 
 
@@ -205,7 +247,7 @@ def table(rows: dict[str, dict], anchors: dict) -> str:
     lines = [["method"] + [h for _, h in COLUMNS]]
     for name in ("original", "reference", "base"):
         if name in anchors:
-            lines.append([name] + [fmt(anchors[name].get(k), 1 if k.startswith("tradeoff") else 3) if k not in ("k", "n_attenuated", "budget_sum_1_minus_s", "feasible") else "" for k, _ in COLUMNS])
+            lines.append([name] + [fmt(anchors[name].get(k), 1 if k.startswith("tradeoff") else 3) if k not in ("k", "n_attenuated", "budget_sum_1_minus_s", "feasible", "dJ_vs_ucan_ci") else "" for k, _ in COLUMNS])
     for name, r in rows.items():
         if r["status"] != "ok":
             lines.append([name, f"nothing to do: {r['reason']}"])
@@ -213,10 +255,30 @@ def table(rows: dict[str, dict], anchors: dict) -> str:
         cells = []
         for k, _ in COLUMNS:
             v = r.get(k if k != "feasible" else ("feasible_share" if "feasible_share" in r else "feasible"))
+            if k == "dJ_vs_ucan_ci":
+                cells.append(f"[{v[0]:+.3f}, {v[1]:+.3f}]" if v else "")
+                continue
+            if k in ("k", "n_attenuated") and isinstance(v, float):
+                cells.append(f"{v:.1f}")
+                continue
             cells.append(fmt(v, 1 if k.startswith("tradeoff") or k == "budget_sum_1_minus_s" else 3))
         lines.append([name] + cells)
     widths = [max(len(line[i]) for line in lines if i < len(line) and not (len(line) == 2 and i == 1)) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) if len(line) > 2 else f"{line[0].ljust(widths[0])}  {line[1]}" for line in lines)
+
+
+def scenario_note(res: dict) -> str | None:
+    """In the random scenario forget and retain users differ only by chance: say what an edit is."""
+    world = (res["world"].get("world") or {})
+    if world.get("scenario") != "random":
+        return None
+    ucan = res["rows"].get("U-CAN", {})
+    if ucan.get("status") != "ok":
+        return "random scenario: U-CAN declined (no eligible unit), as it should when forget and retain differ only by chance"
+    return (f"random scenario: forget and retain users differ only by chance, so this edit of {ucan.get('n_attenuated')} units "
+            f"is an edit of noise, not forgetting (forget KL {ucan['forget.kl']:.3f} vs retain KL {ucan['retain.kl']:.3f}; "
+            f"forget Recall@5 {res['anchors']['original']['forget.recall@5']:.3f} -> {ucan['forget.recall@5']:.3f}, "
+            f"reference {res['anchors']['reference']['forget.recall@5']:.3f}); the checks above are not forgetting claims")
 
 
 def print_checks(title: str, result: dict[str, dict]) -> None:
@@ -235,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=None, help="random-unit draws per world (default 5; 1 with --quick)")
     parser.add_argument("--bootstrap", type=int, default=None, help="paired bootstrap resamples (default 1000; 0 with --quick)")
     parser.add_argument("--out", default=None, help="write every number as JSON here")
+    parser.add_argument("--set", nargs="+", default=[], metavar="OPTION=VALUE",
+                        help="compare other options than the defaults, e.g. --set t_risk=5 ratio=0.05 (exploration only)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -246,10 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = args.size or ("small" if args.quick else "default")
     draws = args.draws if args.draws is not None else (1 if args.quick else 5)
     bootstrap = args.bootstrap if args.bootstrap is not None else (0 if args.quick else 1000)
-    config = default_config()
+    config = with_overrides(default_config(), args.set)
     worlds = [resolve_world(w, 0, args.scenario, size) for w in args.world] if args.world else [
         resolve_world(None, seed, args.scenario, size) for seed in args.seed]
-    print(f"defaults: {asdict(config)}", file=sys.stderr)
+    print(f"options: {asdict(config)}" + (f" (defaults with {' '.join(args.set)})" if args.set else " (the defaults)"), file=sys.stderr)
     results = []
     t0 = time.perf_counter()
     for world in worlds:
@@ -264,7 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{sc['n_R_above']} units reach t_risk x sigma0 vs {sc['n_R0_above']} for the noise reference; "
               f"{sc['n_eligible']} eligible")
         print(table(res["rows"], res["anchors"]))
+        res["note"] = scenario_note(res)
         print_checks("checks:", res["checks"])
+        if res["note"]:
+            print(f"note: {res['note']}")
         print(f"({res['seconds']['total']:.1f} s)")
     summary = None
     if len(results) > 1:
@@ -272,10 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n== mean over {len(results)} worlds")
         print(table(summary["rows"], summary["anchors"]))
         print_checks("checks on the means:", summary["checks"])
+        if all(r.get("note") for r in results):
+            summary["note"] = ("random scenario on every world: forget and retain users differ only by chance; "
+                               "an edit here is an edit of noise and the checks above are not forgetting claims")
+            print(f"note: {summary['note']}")
     print(f"\ntotal {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.out:
         doc = {"benchmark": "compare", "quick": args.quick, "scenario": args.scenario, "size": size, "draws": draws,
-               "bootstrap": bootstrap, "defaults": asdict(config), "worlds": results, "mean": summary}
+               "bootstrap": bootstrap, "config": asdict(config), "overrides": args.set, "worlds": results, "mean": summary}
         Path(args.out).write_text(json.dumps(json_ready(doc), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return 0
 
@@ -288,6 +359,8 @@ def summarize(results: Sequence[dict]) -> dict:
         per = [r["rows"].get(name) for r in results]
         if all(p is not None and p["status"] == "ok" and "objective" in p for p in per):
             rows[name] = mean_row(name, per)
+            if all("_dJ_boot" in p for p in per):  # worlds resampled independently: mean of the differences
+                rows[name]["dJ_vs_ucan_ci"] = paired_ci(sum(p["_dJ_boot"] for p in per) / len(per))
         else:
             rows[name] = {"method": name, "status": "nothing-to-do",
                           "reason": "; ".join(p["reason"] for p in per if p and p.get("reason")) or "missing"}

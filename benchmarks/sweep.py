@@ -182,15 +182,19 @@ def open_bench(world: Path, work: Path) -> Bench:
     return Bench(world=world, model=model, tokenizer=tokenizer, sets=sets, work=work, key=key, manifest=manifest)
 
 
-def score_file(bench: Bench, unit: str, scope: str) -> Path:
-    """The score file of (unit, scope), computed on first use (step 1: one pass over D_f and D_r)."""
+def score_file(bench: Bench, unit: str, scope: str, params=None) -> Path:
+    """The score file of (unit, scope), computed on first use (step 1: one pass over D_f and D_r).
+
+    ``params`` (default: the start configuration's) only set the verdict and scores stored with
+    the statistics; every configuration redoes steps 2-6 from the statistics.
+    """
     from ucan_cli.api import score
     from ucan_cli.io.scorefile import save_score_file
 
     if (unit, scope) in bench.score_files:
         return bench.score_files[(unit, scope)]
     t0 = time.perf_counter()
-    params = replace(START, unit=unit).params()
+    params = params if params is not None else replace(START, unit=unit).params()
     run = score(
         (bench.model, bench.tokenizer), bench.original, bench.sets["forget"], bench.sets["retain"],
         params=params, token_scope=scope, receipt_key=bench.key,
@@ -259,6 +263,25 @@ def forget_arrays(result, adapter_id: str) -> dict[str, Any]:
     pr = result.per_record["forget"][adapter_id]
     names = [f"{m}@{k}" for k in KS for m in ("recall", "ndcg")]
     return {name: pr[name] for name in names + (["kl_reference"] if "kl_reference" in pr else [])}
+
+
+def bootstrap_index(n: int, n_boot: int = 2000, seed: int = 0):
+    """(n_boot, n) resampled record indices, shared by every adapter compared (paired bootstrap)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def j_resamples(forget: dict, reference: dict, index):
+    """J (see ``objective``) on each resample of the forget records, from per-record values."""
+    import numpy as np
+
+    gap = sum(
+        np.abs(forget[f"recall@{k}"][index].mean(1) - reference[f"recall@{k}"][index].mean(1))
+        + np.abs(forget[f"ndcg@{k}"][index].mean(1) - reference[f"ndcg@{k}"][index].mean(1))
+        for k in KS
+    ) / len(KS)
+    return gap + forget["kl_reference"][index].mean(1)
 
 
 def objective(m: dict[str, Any], original: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -388,17 +411,11 @@ class Search:
 
     def j_boot(self, config: Config):
         """J of ``config`` on each bootstrap resample of the forget records (shared indices)."""
-        import numpy as np
-
         if config not in self._j:
             ref = self.anchors["reference"]["_forget"]
             if self._index is None:
-                n = len(ref["kl_reference"])
-                self._index = np.random.default_rng(0).integers(0, n, size=(self.n_boot, n))
-            f, idx = self.rows[config]["_forget"], self._index
-            gap = sum(np.abs(f[f"recall@{k}"][idx].mean(1) - ref[f"recall@{k}"][idx].mean(1))
-                      + np.abs(f[f"ndcg@{k}"][idx].mean(1) - ref[f"ndcg@{k}"][idx].mean(1)) for k in KS) / len(KS)
-            self._j[config] = gap + f["kl_reference"][idx].mean(1)
+                self._index = bootstrap_index(len(ref["kl_reference"]), self.n_boot)
+            self._j[config] = j_resamples(self.rows[config]["_forget"], ref, self._index)
         return self._j[config]
 
     def adopt(self, incumbent: Config, candidates: Iterable[Config], stage: str, what: str) -> Config:
@@ -419,16 +436,18 @@ class Search:
             else:
                 diff = self.j_boot(challenger) - self.j_boot(incumbent)
                 lo, hi = (float(x) for x in np.quantile(diff, [0.025, 0.975]))
-                decision.update(delta=ch["objective"] - inc["objective"], ci=[lo, hi], adopted=hi < 0,
-                                why="J lower beyond noise" if hi < 0 else "within noise: keep the incumbent")
+                why = ("J lower beyond noise" if hi < 0 else "J higher beyond noise" if lo > 0
+                       else "within noise: keep the incumbent")
+                decision.update(delta=ch["objective"] - inc["objective"], ci=[lo, hi], adopted=hi < 0, why=why)
         elif rank_key(ch) < rank_key(inc):
             decision.update(adopted=True, why="nothing meets the constraints; this one misses them by less")
         else:
             decision["why"] = "the challenger misses the utility constraints"
         self.decisions.append(decision)
         ci = decision["ci"]
-        self.log(f"  {stage}: {what}: {'ADOPT' if decision['adopted'] else 'keep'} "
-                 f"[{ch['label']}] vs [{inc['label']}]" + (f", dJ {decision['delta']:+.3f} CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
+        verdict = f"adopted [{ch['label']}] over [{inc['label']}]" if decision["adopted"] else (
+            f"kept [{inc['label']}]; best challenger [{ch['label']}]")
+        self.log(f"  {stage}: {what}: {verdict}" + (f": dJ {decision['delta']:+.3f} CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
         return challenger if decision["adopted"] else incumbent
 
     def coordinate_pass(self, center: Config, grids: dict[str, Sequence[Any]], stage: str) -> Config:
@@ -526,9 +545,7 @@ def write_csv(path: Path, rows: Sequence[dict], anchors: dict) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        for name in ("original", "reference"):
-            writer.writerow({"stage": name, "status": "anchor", **anchors.get(name, {})})
-        for row in rows:
+        for row in [{"stage": name, "status": "anchor", **anchors.get(name, {})} for name in ("original", "reference")] + list(rows):
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
@@ -598,7 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\ndecisions (a challenger replaces the incumbent only when J is lower beyond noise):")
     for d in out["decisions"]:
         ci = f"dJ {d['delta']:+.3f} CI [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else ""
-        print(f"  {d['stage']:<16} {d['option']:<34} {'ADOPT' if d['adopted'] else 'keep '} [{d['challenger']}] {ci} ({d['why']})")
+        act = f"adopt [{d['challenger']}]" if d["adopted"] else f"keep [{d['incumbent']}] (best challenger [{d['challenger']}])"
+        print(f"  {d['stage']:<16} {d['option']:<34} {act} {ci} ({d['why']})")
     chosen = out["chosen_row"]
     print(f"\nchosen: {chosen['label']}  (J = {fmt(chosen.get('objective'))}, feasible: {fmt(chosen.get('feasible'))})")
     best = out["rows"][[r["label"] for r in out["rows"]].index(Config(**out["best_by_J"]).label())]
