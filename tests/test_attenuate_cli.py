@@ -567,7 +567,7 @@ def test_method_options_defaults_and_merge():
     from ucan_cli.scoring import MethodParams
 
     defaults = params_to_dict(MethodParams())
-    assert {k: v for k, v in DEFAULTS.items() if k != "token_scope"} == defaults
+    assert {k: v for k, v in DEFAULTS.items() if k not in ("token_scope", "halves")} == defaults
     base = MethodParams(unit="rank", lam=1.0, ratio=0.1)
     merged = params_from_options(base, tau=2.0, floor=0.2)
     assert (merged.unit, merged.lam, merged.ratio, merged.tau, merged.floor) == ("rank", 1.0, None, 2.0, 0.2)

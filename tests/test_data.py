@@ -113,3 +113,26 @@ def test_sample_and_halves_are_seeded(tmp_path):
     h1, h2 = records.split_halves(0)
     assert len(h1) == 10 and len(h2) == 10 and sorted(h1 + h2) == list(range(20))
     assert records.split_halves(0) == (h1, h2)
+
+
+def test_user_halves_keep_each_user_in_one_half(tmp_path):
+    """The noise reference's halves by user: disjoint users, balanced records, seeded; auto picks
+    users only when every record has a user_id."""
+    rows = [json.dumps({**GOOD, "id": f"{u}-{i}", "user_id": f"u{u}"}) for u in range(10) for i in range(u % 3 + 1)]
+    records = read_records(write_lines(tmp_path / "r.jsonl", rows), "retain")
+    assert records.resolve_halves("auto") == "users"
+    a, b = records.split_halves(0, "users")
+    assert sorted(a + b) == list(range(len(rows)))
+    users_a = {records.records[i].user_id for i in a}
+    users_b = {records.records[i].user_id for i in b}
+    assert users_a and users_b and not users_a & users_b
+    assert abs(len(a) - len(b)) <= 3  # at most one user's records (3 here) off balance
+    assert records.split_halves(0, "users") == (a, b) and records.split_halves(1, "users") != (a, b)
+    by_records = records.split_halves(0, "records")
+    assert len(by_records[0]) == len(rows) // 2
+    no_users = read_records(write_lines(tmp_path / "n.jsonl", [json.dumps({**GOOD, "id": str(i), "user_id": None}) for i in range(6)]))
+    assert no_users.resolve_halves("auto") == "records"
+    with pytest.raises(InputError, match="--halves users needs a user_id"):
+        no_users.resolve_halves("users")
+    with pytest.raises(InputError, match="--halves must be one of"):
+        records.resolve_halves("people")

@@ -304,3 +304,24 @@ def test_score_file_rejects_foreign_files(tmp_path, adapters):
         load_score_file(adapters["llama"] / "adapter_model.safetensors")
     with pytest.raises(InputError, match="not found"):
         load_score_file(tmp_path / "missing.safetensors")
+
+
+def test_halves_choice_is_recorded_and_enforced(tiny_models, adapters, data, tmp_path):
+    """auto splits the noise reference by user (every record has a user_id), records on request;
+    the score file remembers which, and attenuate --scores refuses a different --halves."""
+    by_users = api.score(str(tiny_models["llama"]), adapters["llama"], data["forget"], data["retain"])
+    by_records = api.score(str(tiny_models["llama"]), adapters["llama"], data["forget"], data["retain"], halves="records")
+    assert by_users.meta["halves"] == "users" and by_records.meta["halves"] == "records"
+    np.testing.assert_array_equal(by_users.stats.retain.sum_abs, by_records.stats.retain.sum_abs)
+    assert by_users.meta["n_half_a"] + by_users.meta["n_half_b"] == by_users.meta["n_retain"]
+    scores = tmp_path / "s.safetensors"
+    result = CliRunner().invoke(app, [
+        "score", "--base", str(tiny_models["llama"]), "--adapter", str(adapters["llama"]), "--forget", str(data["forget"]),
+        "--retain", str(data["retain"]), "-o", str(scores), "--halves", "records",
+    ])
+    assert result.exit_code == 0, result.output
+    refused = CliRunner().invoke(app, [
+        "attenuate", "--adapter", str(adapters["llama"]), "--scores", str(scores), "--halves", "users", "-o", str(tmp_path / "o"),
+    ])
+    assert refused.exit_code == 2 and "split the retain set by records" in refused.stderr
+    assert not (tmp_path / "o").exists()

@@ -211,7 +211,7 @@ def _versions() -> dict[str, str]:
 
 
 def _prepare(
-    base, adapter, forget, retain, *, params, token_scope, template, max_length, retain_max_samples, max_samples,
+    base, adapter, forget, retain, *, params, token_scope, halves, template, max_length, retain_max_samples, max_samples,
     seed, batch_size, allow_overlap, receipt_key, allow_pickle, trust_remote_code,
 ) -> _Prepared:
     """Everything up to (not including) loading the model weights; all input errors surface here."""
@@ -266,7 +266,8 @@ def _prepare(
     max_len = max_length if max_length is not None else default_max_length(tokenizer, config)
     forget_encoded = encode_set(forget_set, tokenizer, formatter, max_len)
     retain_encoded = encode_set(retain_set, tokenizer, formatter, max_len)
-    halves = retain_set.split_halves(seed)
+    halves_mode = retain_set.resolve_halves(halves)
+    halves = retain_set.split_halves(seed, halves_mode)
 
     truncated = {
         "forget_records": sum(e.truncated > 0 for e in forget_encoded),
@@ -301,6 +302,7 @@ def _prepare(
         "base": base_meta,
         "unit": params.unit,
         "scope": token_scope,
+        "halves": halves_mode,
         "template": template,
         "max_length": max_len,
         "seed": seed,
@@ -374,6 +376,7 @@ def score(
     *,
     params: MethodParams = MethodParams(),
     token_scope: str = "response",
+    halves: str = "auto",
     template: str = "alpaca",
     max_length: int | None = None,
     retain_max_samples: int | None = None,
@@ -397,6 +400,8 @@ def score(
         forget, retain: record files (JSONL, Parquet, ...) or ``RecordSet``s.
         params: method options (``params.unit`` picks output or rank units).
         token_scope: ``response`` (default), ``last`` or ``all``.
+        halves: how D_r splits into the noise reference's halves: ``users`` (each user's records in
+            one half), ``records``, or ``auto`` (``users`` when every retain record has a user_id).
         template: prompt template (``alpaca``, ``plain``, ``chat`` or a Jinja2 file).
         max_length: token limit per record (default min(model max, 1024)).
         retain_max_samples: at most this many retain records (a seeded sample).
@@ -416,7 +421,7 @@ def score(
     """
     t0 = time.perf_counter()
     prep = _prepare(
-        base, adapter, forget, retain, params=params, token_scope=token_scope, template=template,
+        base, adapter, forget, retain, params=params, token_scope=token_scope, halves=halves, template=template,
         max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
@@ -463,6 +468,7 @@ def score_dry_run(
     *,
     params: MethodParams = MethodParams(),
     token_scope: str = "response",
+    halves: str = "auto",
     template: str = "alpaca",
     max_length: int | None = None,
     retain_max_samples: int | None = None,
@@ -482,7 +488,7 @@ def score_dry_run(
     positions both passes would compute; the longest batch pads least, so this errs high.
     """
     prep = _prepare(
-        base, adapter, forget, retain, params=params, token_scope=token_scope, template=template,
+        base, adapter, forget, retain, params=params, token_scope=token_scope, halves=halves, template=template,
         max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,

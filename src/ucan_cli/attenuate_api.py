@@ -128,6 +128,7 @@ def attenuate(
     scores: str | Path | None = None,
     params: Any = None,
     token_scope: str | None = None,
+    halves: str | None = None,
     template: str = "alpaca",
     max_length: int | None = None,
     retain_max_samples: int | None = None,
@@ -160,6 +161,8 @@ def attenuate(
             ``no_contrast``, ``no_utility``) merged over the score file's parameters (with
             ``scores``) or the defaults.
         token_scope: response (default), last or all; with ``scores`` it must match the file's.
+        halves: the noise reference's split of D_r (``auto``, ``users``, ``records``); with
+            ``scores`` it must match the file's.
         template, max_length, retain_max_samples, max_samples, seed, batch_size, device,
         dtype, allow_overlap, allow_pickle, trust_remote_code: as for ``ucan_cli.api.score``.
         receipt_key: the receipt key file (default: the user's key, created on first use).
@@ -226,6 +229,12 @@ def attenuate(
                 f"--token-scope {token_scope}: the score file holds {stats.scope}-scope statistics; "
                 "run `ucan score` again for another scope"
             )
+        stored_halves = meta.get("halves", "records")  # score files before --halves split records
+        if halves is not None and halves != "auto" and halves != stored_halves:
+            raise InputError(
+                f"--halves {halves}: the score file's noise reference split the retain set by {stored_halves}; "
+                "run `ucan score` again to change it"
+            )
         base_params = _score_file_params(meta, stats.unit)
     else:
         missing = [flag for flag, value in (("--base", base), ("--forget", forget), ("--retain", retain)) if value is None]
@@ -262,7 +271,7 @@ def attenuate(
         from ucan_cli.api import score as run_score
 
         run = run_score(
-            base, source.path, forget_set, retain, params=params, token_scope=scope, template=template,
+            base, source.path, forget_set, retain, params=params, token_scope=scope, halves=halves or "auto", template=template,
             max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
             batch_size=batch_size, device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
@@ -292,6 +301,7 @@ def attenuate(
     options = {
         **params_to_dict(params),
         "token_scope": scope,
+        "halves": score_meta.get("halves"),
         "statistics_from": "score file" if scores is not None else "forward pass",
         "template": template if scores is None else score_meta.get("template", template),
         "max_length": max_length if scores is None else score_meta.get("max_length", max_length),
@@ -305,7 +315,8 @@ def attenuate(
         base_label = score_meta["base"].get("id")
     cli_values = {
         "base": base_label and str(base_label), "adapter": str(source.path), "forget": forget and str(forget), "retain": retain and str(retain),
-        "scores": scores and str(scores), "unit": params.unit, "token_scope": scope, "lam": params.lam,
+        "scores": scores and str(scores), "unit": params.unit, "token_scope": scope,
+        "halves": score_meta.get("halves"), "lam": params.lam,
         "t_risk": params.t_risk, "min_gap": params.min_gap, "ratio": params.ratio, "tau": params.tau,
         "decay": params.decay, "sharpness": params.sharpness, "floor": params.floor,
         "no_contrast": params.no_contrast, "no_utility": params.no_utility, "template": template,

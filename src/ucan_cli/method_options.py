@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 DEFAULTS: dict[str, Any] = {
     "unit": "output",
     "token_scope": "response",
+    "halves": "auto",
     "lam": 0.5,
     "t_risk": 3.0,
     "min_gap": 0.05,
@@ -59,6 +60,14 @@ TokenScopeOpt = Annotated[
     _method(
         "--token-scope",
         help="Positions whose activations count: response (predicting response tokens; default), last (last prompt position) or all.",
+    ),
+]
+HalvesOpt = Annotated[
+    Optional[str],
+    _method(
+        "--halves",
+        help="How the retain set splits into the two halves of the noise reference: users (each user's records in one "
+        "half, like forget and retain), records, or auto (users when every record has a user_id; default).",
     ),
 ]
 LambdaOpt = Annotated[

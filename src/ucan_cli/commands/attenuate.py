@@ -9,6 +9,7 @@ import typer
 
 from ucan_cli.method_options import (
     DecayOpt,
+    HalvesOpt,
     FloorOpt,
     LambdaOpt,
     MinGapOpt,
@@ -61,6 +62,7 @@ def attenuate(
     ] = None,
     unit: UnitOpt = None,
     token_scope: TokenScopeOpt = None,
+    halves: HalvesOpt = None,
     lam: LambdaOpt = None,
     t_risk: TRiskOpt = None,
     min_gap: MinGapOpt = None,
@@ -141,7 +143,7 @@ def attenuate(
         "sharpness": sharpness, "floor": floor, "no_contrast": no_contrast, "no_utility": no_utility,
     }
     run = run_attenuate(
-        adapter, output, base=base, forget=forget, retain=retain, scores=scores, params=method, token_scope=token_scope,
+        adapter, output, base=base, forget=forget, retain=retain, scores=scores, params=method, token_scope=token_scope, halves=halves,
         template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
         seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,
         receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,

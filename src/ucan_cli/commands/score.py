@@ -9,6 +9,7 @@ import typer
 
 from ucan_cli.method_options import (
     DecayOpt,
+    HalvesOpt,
     FloorOpt,
     LambdaOpt,
     MinGapOpt,
@@ -40,6 +41,7 @@ def score(
     retain: Annotated[Path, _opt("--retain", help="Records to keep: the contrast and the noise reference.", panel=PANEL_DATA)],
     unit: UnitOpt = None,
     token_scope: TokenScopeOpt = None,
+    halves: HalvesOpt = None,
     lam: LambdaOpt = None,
     t_risk: TRiskOpt = None,
     min_gap: MinGapOpt = None,
@@ -119,7 +121,7 @@ def score(
     from ucan_cli import api
 
     common = dict(
-        params=params, token_scope=token_scope, template=template, max_length=rt.max_length,
+        params=params, token_scope=token_scope, halves=halves or "auto", template=template, max_length=rt.max_length,
         retain_max_samples=retain_max_samples, max_samples=rt.max_samples, seed=rt.seed, batch_size=rt.batch_size,
         device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,

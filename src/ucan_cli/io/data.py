@@ -22,6 +22,7 @@ import numpy as np
 
 from ucan_cli.errors import InputError
 
+HALVES = ("auto", "users", "records")
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
 DATASETS_SUFFIXES = (".parquet", ".arrow")
 
@@ -78,12 +79,47 @@ class RecordSet:
         keep = np.sort(rng.choice(len(self.records), size=max_samples, replace=False))
         return RecordSet(self.path, self.role, tuple(self.records[i] for i in keep), self.sha256, len(self.records), self.extra)
 
-    def split_halves(self, seed: int) -> tuple[list[int], list[int]]:
-        """A seeded split of record indices into two halves (the noise reference of SPEC step 1)."""
+    def resolve_halves(self, by: str = "auto") -> str:
+        """``users`` when asked, or for ``auto`` when every record has a ``user_id`` and there are
+        at least two users; else ``records``."""
+        if by not in HALVES:
+            raise InputError(f"--halves must be one of {', '.join(HALVES)}, got {by!r}")
+        if by != "auto":
+            if by == "users" and (any(r.user_id is None for r in self.records) or len({r.user_id for r in self.records}) < 2):
+                raise InputError(f"{self.path}: --halves users needs a user_id on every record and at least two users")
+            return by
+        users = {r.user_id for r in self.records}
+        return "users" if None not in users and len(users) >= 2 else "records"
+
+    def split_halves(self, seed: int, by: str = "records") -> tuple[list[int], list[int]]:
+        """A seeded split of record indices into two halves (the noise reference of SPEC step 1).
+
+        ``records``: a seeded permutation of the records, cut in the middle. ``users``: a seeded
+        permutation of the users, each user's records all in one half, half a taking users first-fit
+        up to half of the records. The users split mirrors how forget and retain differ when a
+        deletion request names users: a records split puts every user in both halves, so the
+        halves look more alike than two disjoint groups of users ever do, and noise looks like
+        signal (docs/method.md, "The noise reference"). ``auto`` picks ``users`` when possible.
+        """
+        by = self.resolve_halves(by)
         rng = np.random.default_rng([seed, _role_salt("halves")])
-        order = rng.permutation(len(self.records))
-        half = len(order) // 2
-        return sorted(order[:half].tolist()), sorted(order[half:].tolist())
+        if by == "records":
+            order = rng.permutation(len(self.records))
+            half = len(order) // 2
+            return sorted(order[:half].tolist()), sorted(order[half:].tolist())
+        by_user: dict[str, list[int]] = {}
+        for i, record in enumerate(self.records):
+            by_user.setdefault(record.user_id, []).append(i)
+        users = sorted(by_user)
+        half_a: list[int] = []
+        half_b: list[int] = []
+        limit = len(self.records) // 2  # as many records as the records split puts in half a
+        for position, j in enumerate(rng.permutation(len(users))):
+            rows = by_user[users[j]]
+            # First fit in the seeded user order, never past the limit, one user at least on each side.
+            fits = not half_a or len(half_a) + len(rows) <= limit
+            (half_a if fits and position < len(users) - 1 else half_b).extend(rows)
+        return sorted(half_a), sorted(half_b)
 
 
 def _role_salt(role: str) -> int:
