@@ -87,6 +87,38 @@ _COMMON_RUNTIME = {
 }
 
 
+# Options that several commands take (not every command, so not in RuntimeOptions): one
+# definition each, used as ``allow_pickle: AllowPickleOpt = False``.
+AllowPickleOpt = Annotated[
+    bool, typer.Option("--allow-pickle", help="Allow pickle weights (.bin), which can run code.", rich_help_panel=PANEL_MODEL)
+]
+TrustRemoteCodeOpt = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow the base model's own Python code.", rich_help_panel=PANEL_MODEL)
+]
+TemplateOpt = Annotated[
+    str,
+    typer.Option(
+        "--template", help="Prompt template: alpaca, plain, chat or a Jinja2 file (the one used in training).",
+        rich_help_panel=PANEL_DATA,
+    ),
+]
+AllowOverlapOpt = Annotated[
+    bool, typer.Option("--allow-overlap", help="Allow the same id or user_id in forget and retain.", rich_help_panel=PANEL_DATA)
+]
+RetainMaxSamplesOpt = Annotated[
+    Optional[int],
+    typer.Option("--retain-max-samples", help="Use at most N retain records (a seeded sample).", rich_help_panel=PANEL_DATA, min=1),
+]
+ReceiptKeyOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--receipt-key",
+        help="HMAC key file for record receipts in outputs (default: ~/.config/ucan/receipt.key, created 0600 on first use).",
+        rich_help_panel=PANEL_DATA,
+    ),
+]
+
+
 def _load_config(path: Path, command: str) -> dict:
     try:
         import tomllib
@@ -266,13 +298,19 @@ def parse_int_list(text: str, option: str) -> list[int]:
 
 
 __all__ = [
+    "AllowOverlapOpt",
+    "AllowPickleOpt",
     "EXIT_INPUT",
     "PANEL_DATA",
     "PANEL_METHOD",
     "PANEL_MODEL",
     "PANEL_OUTPUT",
     "PANEL_PERF",
+    "ReceiptKeyOpt",
+    "RetainMaxSamplesOpt",
     "RuntimeOptions",
+    "TemplateOpt",
+    "TrustRemoteCodeOpt",
     "parse_int_list",
     "ucan_command",
 ]

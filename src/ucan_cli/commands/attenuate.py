@@ -22,7 +22,19 @@ from ucan_cli.method_options import (
     TRiskOpt,
     UnitOpt,
 )
-from ucan_cli.options import PANEL_DATA, PANEL_MODEL, PANEL_OUTPUT, RuntimeOptions, ucan_command
+from ucan_cli.options import (
+    AllowOverlapOpt,
+    AllowPickleOpt,
+    PANEL_DATA,
+    PANEL_MODEL,
+    PANEL_OUTPUT,
+    ReceiptKeyOpt,
+    RetainMaxSamplesOpt,
+    RuntimeOptions,
+    TemplateOpt,
+    TrustRemoteCodeOpt,
+    ucan_command,
+)
 
 
 @ucan_command(model=True)
@@ -73,31 +85,12 @@ def attenuate(
     floor: FloorOpt = None,
     no_contrast: NoContrastOpt = None,
     no_utility: NoUtilityOpt = None,
-    template: Annotated[
-        str,
-        typer.Option("--template", help="Prompt template: alpaca, plain, chat or a Jinja2 file.", rich_help_panel=PANEL_DATA),
-    ] = "alpaca",
-    retain_max_samples: Annotated[
-        Optional[int],
-        typer.Option("--retain-max-samples", help="Use at most N retain records (a seeded sample).", rich_help_panel=PANEL_DATA, min=1),
-    ] = None,
-    allow_overlap: Annotated[
-        bool,
-        typer.Option("--allow-overlap", help="Allow the same id or user_id in forget and retain.", rich_help_panel=PANEL_DATA),
-    ] = False,
-    receipt_key: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--receipt-key", help="HMAC key file for forget receipts (default: your user key, created 0600 on first use).",
-            rich_help_panel=PANEL_DATA,
-        ),
-    ] = None,
-    allow_pickle: Annotated[
-        bool, typer.Option("--allow-pickle", help="Allow pickle weights (.bin), which can run code.", rich_help_panel=PANEL_MODEL)
-    ] = False,
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Allow the base model's own Python code.", rich_help_panel=PANEL_MODEL)
-    ] = False,
+    template: TemplateOpt = "alpaca",
+    retain_max_samples: RetainMaxSamplesOpt = None,
+    allow_overlap: AllowOverlapOpt = False,
+    receipt_key: ReceiptKeyOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     force: Annotated[
         bool,
         typer.Option(

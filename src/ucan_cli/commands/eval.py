@@ -7,7 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from ucan_cli.options import PANEL_DATA, PANEL_METHOD, PANEL_MODEL, PANEL_OUTPUT, RuntimeOptions, ucan_command
+from ucan_cli.options import (
+    AllowOverlapOpt,
+    AllowPickleOpt,
+    PANEL_DATA,
+    PANEL_METHOD,
+    PANEL_MODEL,
+    PANEL_OUTPUT,
+    ReceiptKeyOpt,
+    RuntimeOptions,
+    TemplateOpt,
+    TrustRemoteCodeOpt,
+    ucan_command,
+)
 
 
 @ucan_command()
@@ -33,12 +45,8 @@ def eval_(
     include_base: Annotated[
         bool, typer.Option("--include-base", help="Also evaluate the base model alone (the 'everything forgotten' floor).", rich_help_panel=PANEL_MODEL)
     ] = False,
-    template: Annotated[
-        str, typer.Option("--template", help="Prompt template: alpaca, plain, chat or a Jinja2 file (as used in training).", rich_help_panel=PANEL_DATA)
-    ] = "alpaca",
-    allow_overlap: Annotated[
-        bool, typer.Option("--allow-overlap", help="Allow the same id or user_id in forget and retain.", rich_help_panel=PANEL_DATA)
-    ] = False,
+    template: TemplateOpt = "alpaca",
+    allow_overlap: AllowOverlapOpt = False,
     k: Annotated[str, typer.Option("-k", "--k", help="Cut-offs K for Recall/MRR/NDCG/Trade-off, comma-separated.", rich_help_panel=PANEL_METHOD)] = "1,5,10",
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Paired bootstrap resamples for 95% CIs (seeded by --seed; 0 disables).", rich_help_panel=PANEL_METHOD, min=0)
@@ -60,16 +68,9 @@ def eval_(
         bool,
         typer.Option("--per-record", help="Also write records.jsonl: per-record values keyed by HMAC receipts (needs -o).", rich_help_panel=PANEL_OUTPUT),
     ] = False,
-    receipt_key: Annotated[
-        Optional[Path],
-        typer.Option("--receipt-key", help="HMAC key file for record receipts (default: the user config dir's, created 0600).", rich_help_panel=PANEL_OUTPUT),
-    ] = None,
-    allow_pickle: Annotated[
-        bool, typer.Option("--allow-pickle", help="Allow pickle weights (.bin), which can run code.", rich_help_panel=PANEL_MODEL)
-    ] = False,
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Allow the base model's own Python code.", rich_help_panel=PANEL_MODEL)
-    ] = False,
+    receipt_key: ReceiptKeyOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     *,
     rt: RuntimeOptions,
 ) -> None:

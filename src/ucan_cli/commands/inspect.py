@@ -7,7 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from ucan_cli.options import PANEL_MODEL, RuntimeOptions, ucan_command
+from ucan_cli.options import (
+    AllowPickleOpt,
+    PANEL_MODEL,
+    RuntimeOptions,
+    TrustRemoteCodeOpt,
+    ucan_command,
+)
 
 
 @ucan_command(model=False)
@@ -17,12 +23,8 @@ def inspect(
         Optional[str],
         typer.Option("--base", help="Base model id or path: check that every target module exists with matching shapes.", rich_help_panel=PANEL_MODEL),
     ] = None,
-    allow_pickle: Annotated[
-        bool, typer.Option("--allow-pickle", help="Allow pickle weights (.bin), which can run code.", rich_help_panel=PANEL_MODEL)
-    ] = False,
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Allow the base model's own Python code.", rich_help_panel=PANEL_MODEL)
-    ] = False,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     all_modules: Annotated[bool, typer.Option("--all", help="Show every module, not only the first 40.")] = False,
     *,
     rt: RuntimeOptions,

@@ -24,7 +24,19 @@ from ucan_cli.method_options import (
     params_from_options,
     resolve_token_scope,
 )
-from ucan_cli.options import PANEL_DATA, PANEL_MODEL, PANEL_OUTPUT, RuntimeOptions, ucan_command
+from ucan_cli.options import (
+    AllowOverlapOpt,
+    AllowPickleOpt,
+    PANEL_DATA,
+    PANEL_MODEL,
+    PANEL_OUTPUT,
+    ReceiptKeyOpt,
+    RetainMaxSamplesOpt,
+    RuntimeOptions,
+    TemplateOpt,
+    TrustRemoteCodeOpt,
+    ucan_command,
+)
 
 
 def _opt(*names: str, help: str, panel: str, **kw):
@@ -56,25 +68,12 @@ def score(
         Optional[Path],
         _opt("--output", "-o", help="Score file to write (safetensors). Required unless --dry-run.", panel=PANEL_OUTPUT),
     ] = None,
-    template: Annotated[
-        str, _opt("--template", help="Prompt template: alpaca, plain, chat or a Jinja2 file.", panel=PANEL_DATA)
-    ] = "alpaca",
-    retain_max_samples: Annotated[
-        Optional[int], _opt("--retain-max-samples", help="Use at most N retain records (a seeded sample).", panel=PANEL_DATA, min=1)
-    ] = None,
-    allow_overlap: Annotated[
-        bool, _opt("--allow-overlap", help="Allow the same id or user_id in forget and retain.", panel=PANEL_DATA)
-    ] = False,
-    receipt_key: Annotated[
-        Optional[Path],
-        _opt("--receipt-key", help="HMAC key file for the forget receipt (default: ~/.config/ucan/receipt.key, created 0600).", panel=PANEL_DATA),
-    ] = None,
-    allow_pickle: Annotated[
-        bool, _opt("--allow-pickle", help="Allow pickle weights (.bin), which can run code.", panel=PANEL_MODEL)
-    ] = False,
-    trust_remote_code: Annotated[
-        bool, _opt("--trust-remote-code", help="Allow the base model's own Python code.", panel=PANEL_MODEL)
-    ] = False,
+    template: TemplateOpt = "alpaca",
+    retain_max_samples: RetainMaxSamplesOpt = None,
+    allow_overlap: AllowOverlapOpt = False,
+    receipt_key: ReceiptKeyOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     force: Annotated[bool, _opt("--force", help="Replace an existing score file.", panel=PANEL_OUTPUT)] = False,
     top: Annotated[int, _opt("--top", help="Show the N units with the highest S.", panel=PANEL_OUTPUT, min=0)] = 10,
     dry_run: Annotated[
