@@ -146,7 +146,6 @@ def test_random_scenario_shows_a_noise_level_contrast(group_run, env, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--data", "movielens"], "--data movielens: not available yet"),
         (["--data", "netflix"], "--data: 'netflix' is not one of synthetic, movielens"),
         (["--scenario", "everyone"], "--scenario: 'everyone' is not one of group, random"),
         (["--size", "huge"], "--size: 'huge' is not one of default, small"),

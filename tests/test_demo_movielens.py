@@ -196,3 +196,26 @@ def test_nothing_lands_in_the_repository(small_built):
             if name in WORLD_FILES and path.stat().st_mtime >= small_built["started"]:
                 fresh.append(path)
     assert fresh == []
+
+
+def test_demo_command_runs_on_the_movielens_world(small_built, tmp_path):
+    """`ucan demo --data movielens` uses the cached world, labels it as real data, and claims
+    forgetting only when ucan's bar (forget KL >= 3x retain KL, forget Recall@5 down 10 points) is met."""
+    from typer.testing import CliRunner
+
+    from ucan_cli.cli import app
+
+    env = {"UCAN_CACHE_DIR": str(small_built["root"]), "XDG_CONFIG_HOME": str(tmp_path / "config"), "COLUMNS": "200"}
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--data", "movielens", "--size", "small", "-o", str(out), "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["demo"]["data"] == "movielens" and doc["demo"]["world"] == "cached"
+    assert "MovieLens" in doc["demo"]["label"] and "never shipped" in doc["demo"]["label"]
+    assert doc["budget"]["limit_s"] == 30.0
+    if doc["score"]["nothing_to_do"] is None:
+        numbers = doc["summary"]["numbers"]
+        claims = "does the forgetting" in doc["summary"]["sentences"][1]
+        assert claims == numbers["forgets"]
+        if numbers["forgets"]:
+            assert numbers["kl_ratio_forget_over_retain"] >= 3

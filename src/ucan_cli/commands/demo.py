@@ -18,6 +18,7 @@ from ucan_cli.options import PANEL_DATA, PANEL_METHOD, PANEL_OUTPUT, RuntimeOpti
 
 BUDGET_COLD_S = 120.0
 BUDGET_CACHED_S = 30.0
+BUDGET_MOVIELENS_COLD_S = 600.0
 DATA_CHOICES = ("synthetic", "movielens")
 SIZE_CHOICES = ("default", "small")
 EVAL_BOOTSTRAP = 200
@@ -30,7 +31,12 @@ def demo(
     ] = Path("ucan-demo"),
     data: Annotated[
         str,
-        typer.Option("--data", help="synthetic (built in, identical everywhere) or movielens (not available yet).", rich_help_panel=PANEL_DATA),
+        typer.Option(
+            "--data",
+            help="synthetic (built in, identical everywhere) or movielens (ML-100K's bench preset from recbole's copy, "
+            "built into your cache on first use: about 3-5 min; never shipped).",
+            rich_help_panel=PANEL_DATA,
+        ),
     ] = "synthetic",
     scenario: Annotated[
         str,
@@ -77,11 +83,6 @@ def demo(
     from ucan_cli.errors import InputError
 
     t_start = time.perf_counter()
-    if data == "movielens":
-        raise InputError(
-            "--data movielens: not available yet; the MovieLens demo needs the user's own copy of ML-100K "
-            "(see `ucan prepare movielens`). Use --data synthetic (the default)."
-        )
     if data not in DATA_CHOICES:
         raise InputError(f"--data: {data!r} is not one of {', '.join(DATA_CHOICES)}")
     from ucan_cli.demo.world import SCENARIOS
@@ -95,26 +96,34 @@ def demo(
     if rt.seed < 0:
         raise InputError(f"--seed must be >= 0 for the demo world, got {rt.seed}")
 
-    from ucan_cli.demo.cache import ensure_world, world_path
+    from ucan_cli.demo.cache import cache_root, ensure_world
     from ucan_cli.io.outdir import check_output_dir
     from ucan_cli.ui import UI
 
     ui = UI(rt)
-    check_output_dir(out, force=force, protected=[world_path(rt.seed, scenario, size).parent])
-    world_dir, how = ensure_world(rt.seed, scenario, size, rebuild=rebuild, progress=ui.progress, on_build=ui.info)
+    check_output_dir(out, force=force, protected=[cache_root()])
+    if data == "movielens":
+        from ucan_cli.demo.movielens import ensure_movielens_world
+
+        world_dir, how = ensure_movielens_world(
+            rt.seed, scenario, rebuild, size=size, progress=ui.progress, on_build=ui.info
+        )
+    else:
+        world_dir, how = ensure_world(rt.seed, scenario, size, rebuild=rebuild, progress=ui.progress, on_build=ui.info)
     world_s = time.perf_counter() - t_start
     ui.detail(f"world: {world_dir} ({how}, {world_s:.1f} s)")
     with _replacing(out, force=force), _one_thread_on_cpu(rt.device):
-        doc = _run(ui, rt, out, world_dir, how, scenario, ratio)
+        doc = _run(ui, rt, out, world_dir, how, scenario, ratio, data)
     timings = doc["timings"]
     timings["world_s"] = world_s
     timings["total_s"] = time.perf_counter() - t_start
     cold = how == "built"
+    limit = (BUDGET_MOVIELENS_COLD_S if data == "movielens" else BUDGET_COLD_S) if cold else BUDGET_CACHED_S
     doc["budget"] = {
         "kind": "cold (world built)" if cold else f"warm (world {how})",
-        "limit_s": BUDGET_COLD_S if cold else BUDGET_CACHED_S,
+        "limit_s": limit,
         "total_s": round(timings["total_s"], 2),
-        "within": timings["total_s"] <= (BUDGET_COLD_S if cold else BUDGET_CACHED_S),
+        "within": timings["total_s"] <= limit,
     }
     import json
 
@@ -170,7 +179,7 @@ def _replacing(out: Path, *, force: bool):
         shutil.rmtree(aside.parent, ignore_errors=True)
 
 
-def _run(ui, rt: RuntimeOptions, out: Path, world_dir: Path, how: str, scenario: str, ratio: float | None) -> dict:
+def _run(ui, rt: RuntimeOptions, out: Path, world_dir: Path, how: str, scenario: str, ratio: float | None, data: str) -> dict:
     """Copy the world into ``out``, then score, attenuate, the random-units control, and eval."""
     import json
     import shutil
@@ -207,7 +216,7 @@ def _run(ui, rt: RuntimeOptions, out: Path, world_dir: Path, how: str, scenario:
         ui.warn(warning)
 
     doc: dict = {
-        "demo": {"data": "synthetic", "label": manifest.get("label"), "scenario": scenario, "seed": rt.seed,
+        "demo": {"data": data, "label": manifest.get("label"), "scenario": scenario, "seed": rt.seed,
                  "size": manifest["world"]["size"], "world": how, "out": str(out), "method": params_to_dict(params)},
         "world": {k: manifest[k] for k in ("world", "model", "memorization") if k in manifest},
         "score": {"noise": score_doc["noise"], "verdict": score_doc["verdict"], "selection": score_doc["selection"],
@@ -354,14 +363,30 @@ def _summary_effect(doc: dict, scenario: str) -> dict:
         f"retain shift) and forget Recall@5 by {_pts(f['original'], f['unlearned_2'])}"
     )
     selective = ratio is not None and ratio_rand is not None and ratio > ratio_rand and (kf["unlearned_1"] or 0) > (kf["unlearned_2"] or 0)
+    # Forgetting, as the issue's targets define it: the forget set moves at least 3x the retain set
+    # and its Recall@5 falls by at least 10 points. Anything less is reported as what it is.
+    forgets = (
+        ratio is not None and ratio >= 3 and f["original"] is not None and f["unlearned_1"] is not None
+        and f["original"] - f["unlearned_1"] >= 0.10
+    )
+    numbers["forgets"] = forgets
+    if not selective:
+        verdict = "here the contrast's choice did no better than chance"
+    elif forgets:
+        verdict = "the contrast's choice of units, not the size of the edit, does the forgetting"
+    else:
+        verdict = (
+            "the contrast's units moved the forget set more than random units did, but not enough to call it "
+            "forgetting (ucan's bar: forget KL at least 3x retain KL and forget Recall@5 down 10 points); "
+            "on this data the adapter does not keep the group apart, so retrain without those users"
+        )
+    numbers["verdict"] = verdict
     if scenario == "group":
         sentences = [
             f"U-CAN scaled down {n_att} LoRA units that fire far more on the group's records than on anyone else's "
             f"({noise['n_R_above']} units reach 3 sigma0 where retain-vs-retain noise reaches {noise['n_R0_above']}): "
             f"{effect}.",
-            f"As a control, {control}: "
-            + ("the contrast's choice of units, not the size of the edit, does the forgetting"
-               if selective else "here the contrast's choice did no better than chance")
+            f"As a control, {control}: {verdict}"
             + f"; U-CAN is approximate unlearning, and the forget records' membership signal (MIA AUC) went from "
             f"{_p(auc['original'])} to {_p(auc['unlearned_1'])}, where the reference sits at {_p(auc['reference'])}.",
         ]
@@ -419,8 +444,9 @@ def _render(ui, doc: dict) -> None:
     d = doc["demo"]
     world = doc["world"]["world"]
     memo = doc["world"].get("memorization", {})
+    name = "SYNTHETIC world" if d["data"] == "synthetic" else "MovieLens-100K world (real users; built locally, never share it)"
     ui.info(
-        f"SYNTHETIC world (seed {d['seed']}, scenario {d['scenario']}, {d['world']}): {world['n_items']} items, "
+        f"{name} (seed {d['seed']}, scenario {d['scenario']}, {d['world']}): {world['n_items']} items, "
         f"{world['n_forget_users']} forget users ({world['records']['forget']} records), {world['n_retain_users']} "
         f"retain users ({world['records']['retain']}), {world['records']['holdout']} held-out records."
     )
