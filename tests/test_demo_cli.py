@@ -66,6 +66,10 @@ def test_group_demo_effects_point_the_right_way(group_run):
     # contrast buys selectivity (docs/demo.md). The default world's absolute comparison is in
     # docs/results.md.
     assert n["retain_kl"]["unlearned_1"] < n["retain_kl"]["unlearned_2"]
+    # The words claim forgetting exactly when ucan's bar is met (not met by this small world's edit).
+    assert ("does the forgetting" in doc["summary"]["sentences"][1]) == n["forgets"]
+    assert n["forgets"] == (n["kl_ratio_forget_over_retain"] >= 3 and
+                            n["forget_recall@5"]["original"] - n["forget_recall@5"]["unlearned_1"] >= 0.10)
     # Forget metrics move toward the reference, retain utility stays.
     ev = doc["eval"]["results"]
     assert ev["unlearned_1"]["forget"]["recall@1"] <= ev["original"]["forget"]["recall@1"]
