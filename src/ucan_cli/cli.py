@@ -12,7 +12,12 @@ from typing import Annotated, Optional
 import typer
 
 from ucan_cli._version import __version__
+from ucan_cli.commands import attenuate as attenuate_cmd
+from ucan_cli.commands import demo as demo_cmd
+from ucan_cli.commands import eval as eval_cmd
 from ucan_cli.commands import inspect as inspect_cmd
+from ucan_cli.commands import prepare as prepare_cmd
+from ucan_cli.commands import score as score_cmd
 
 EPILOG = (
     "Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 3 a --fail-if gate failed, "
@@ -52,33 +57,11 @@ def _root(
 
 
 app.command("inspect", epilog=EPILOG)(inspect_cmd.inspect)
-
-
-def _register_optional() -> None:
-    """Commands whose modules land separately; each is a plain import of a light module."""
-    import importlib
-
-    for module_name, attr, name, kind in (
-        ("ucan_cli.commands.score", "score", "score", "command"),
-        ("ucan_cli.commands.attenuate", "attenuate", "attenuate", "command"),
-        ("ucan_cli.commands.eval", "eval_", "eval", "command"),
-        ("ucan_cli.commands.prepare", "app", "prepare", "group"),
-        ("ucan_cli.commands.demo", "demo", "demo", "command"),
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        target = getattr(module, attr)
-        if kind == "group":
-            app.add_typer(target, name=name)
-        else:
-            app.command(name, epilog=EPILOG)(target)
-
-
-_register_optional()
+app.command("score", epilog=EPILOG)(score_cmd.score)
+app.command("attenuate", epilog=EPILOG)(attenuate_cmd.attenuate)
+app.command("eval", epilog=EPILOG)(eval_cmd.eval_)
+app.add_typer(prepare_cmd.app, name="prepare")
+app.command("demo", epilog=EPILOG)(demo_cmd.demo)
 
 
 def main() -> None:
