@@ -141,6 +141,8 @@ def test_random_scenario_shows_a_noise_level_contrast(group_run, env, tmp_path):
     assert noise["n_R_above"] < group_noise["n_R_above"] / 3
     assert "retrain the adapter without" in doc["summary"]["sentences"][1]
     if doc["score"]["nothing_to_do"] is None:  # a few units above noise: the edit is not selective
+        report = json.loads((out / "unlearned" / "ucan_report.json").read_text())
+        assert any("may be noise rather than forgetting" in w for w in report["warnings"])
         n = doc["summary"]["numbers"]
         assert n["kl_ratio_forget_over_retain"] < group_doc["summary"]["numbers"]["kl_ratio_forget_over_retain"] / 2
     else:

@@ -283,6 +283,14 @@ def attenuate(
     layout = list(zip(stats.module_names, stats.module_sizes))
     cumulative = ledger.cumulative_vector(layout, params.unit)
     result = compute_scores(**method_inputs(stats), params=params, cum_factors=cumulative)
+    from ucan_cli.api import contrast_overview
+
+    overview = contrast_overview(result)
+    if overview["verdict"] == "weak":  # the units pass the gates, but no more of them than noise gives
+        warnings.append(
+            f"{overview['sentence']}: this edit may be noise rather than forgetting; check it with `ucan eval` "
+            "and consider retraining without these users"
+        )
     lap("select")
 
     # ---------------------------------------------------------------- step 6
