@@ -619,3 +619,32 @@ def test_floor_rule_uses_the_ledger(tmp_path, adapters, scored):
     live = summary["n_live"]
     assert f"cumulative factor above floor: {live - zeroed}, eligible: " in result.stderr
     assert siblings(tmp_path / "second") == []
+
+
+def test_force_never_deletes_what_the_run_reads(tmp_path, adapters, scored):
+    """-o DIR --force where DIR holds the score file (or the forget file, or the key) is refused:
+    replacing DIR would delete an input."""
+    root = tmp_path / "work"
+    root.mkdir()
+    scores = root / "scores.safetensors"
+    scores.write_bytes(Path(scored["llama"]).read_bytes())
+    for target in (root, root / "scores.safetensors"):
+        result = invoke("--adapter", adapters["llama"], "--scores", scores, "-o", target, "--force",
+                        "--receipt-key", scored["root"] / "key")
+        assert result.exit_code == 2 and "would overlap the input" in result.stderr
+    assert scores.read_bytes() == Path(scored["llama"]).read_bytes()
+
+
+def test_config_ratio_yields_to_tau_on_the_command_line(tmp_path, adapters, scored):
+    """A written ucan_config.toml holds the resolved --ratio; --tau on the command line must win
+    instead of clashing with it (the two exclude each other)."""
+    config = tmp_path / "c.toml"
+    config.write_text("[attenuate]\nratio = 0.1\n")
+    out = tmp_path / "out"
+    result = invoke("--adapter", adapters["llama"], "--scores", scored["llama"], "-o", out, "--dry-run", "--json",
+                    "--config", config, "--tau", "0.5", "--receipt-key", scored["root"] / "key")
+    assert result.exit_code in (0, 4), result.output
+    assert "mutually exclusive" not in result.stderr and "exclude" not in result.stderr
+    clash = invoke("--adapter", adapters["llama"], "--scores", scored["llama"], "-o", out, "--dry-run",
+                   "--ratio", "0.1", "--tau", "0.5", "--receipt-key", scored["root"] / "key")
+    assert clash.exit_code == 2

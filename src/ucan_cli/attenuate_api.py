@@ -203,8 +203,13 @@ def attenuate(
     warnings = list(source.warnings())
     if out_dir is None and not dry_run:
         raise InputError("-o/--output: the output directory is required (or pass --dry-run)")
+    # Never write over (or, with --force, delete) anything this run reads.
+    inputs = [source.path, scores, forget if isinstance(forget, (str, Path)) else None,
+              retain if isinstance(retain, (str, Path)) else None, receipt_key,
+              base if isinstance(base, (str, Path)) and Path(base).exists() else None]
+    protected = [Path(p) for p in inputs if p is not None]
     if out_dir is not None:
-        check_output_dir(out_dir, force=force, protected=[source.path])
+        check_output_dir(out_dir, force=force, protected=protected)
     ledger = read_ledger(source.path)
     head_ok, notes = check_adapter_head(ledger, source.sha256, force=force)
     warnings += notes
@@ -364,7 +369,7 @@ def attenuate(
         return AttenuateRun(None, None, result, changes, document(None), timings, warnings, stats)
 
     out_path = Path(out_dir)
-    with atomic_output_dir(out_path, force=force, protected=[source.path]) as tmp:
+    with atomic_output_dir(out_path, force=force, protected=protected) as tmp:
         weights = edited.write_into(tmp)  # byte-stable, mode from the umask like any shared file
         output_sha256 = sha256_file(weights)
         entry = new_entry(

@@ -27,6 +27,8 @@ PANEL_METHOD = "Method"
 PANEL_OUTPUT = "Output"
 PANEL_PERF = "Performance"
 CONTEXT_PARAM = "ucan_context"
+#: Options that exclude each other: one given on the command line drops the other from --config.
+EXCLUSIVE_OPTIONS = (("ratio", "tau"),)
 
 
 @dataclass(frozen=True)
@@ -208,10 +210,16 @@ def _apply_config(kwargs: dict, ctx, annotations: dict, command: str) -> dict:
     if unknown:
         raise InputError(f"{config_path}: [{command}] has unknown option(s): {', '.join(unknown)}")
     merged = {**{k: v for k, v in loaded["top"].items() if k in annotations}, **loaded["own"]}
-    for name, value in merged.items():
+
+    def from_command_line(name: str) -> bool:
         source = ctx.get_parameter_source(name) if ctx is not None else None
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    for name, value in merged.items():
+        if from_command_line(name):
             continue  # command-line flags win
+        if any(from_command_line(other) for pair in EXCLUSIVE_OPTIONS if name in pair for other in pair if other != name):
+            continue  # the command line chose the other one of an exclusive pair (--tau over a config's ratio)
         kwargs[name] = _convert(value, annotations[name], name, Path(config_path))
     return kwargs
 

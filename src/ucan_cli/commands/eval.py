@@ -110,7 +110,10 @@ def eval_(
         sets["holdout"] = read_records(holdout, "holdout")
     sets = {name: s.sample(rt.max_samples, rt.seed) for name, s in sets.items()}
     check_disjoint(sets["forget"], sets["retain"], allow_overlap=allow_overlap)
-    protected = [e.path for e in entries if e.path is not None]
+    # Never write over (or, with --force, delete) anything this run reads.
+    base_path = Path(base) if Path(base).exists() else None
+    inputs = [e.path for e in entries] + [forget, retain, holdout, receipt_key, base_path]
+    protected = [p for p in inputs if p is not None]
     if out is not None:
         check_output_dir(out, force=force, protected=protected)
     key = fingerprint = None
