@@ -51,13 +51,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ucan"
 
 
-def code_fingerprint() -> str:
-    """SHA-256 (first 12 hex digits) of the generator and builder sources."""
+#: The sources that decide a synthetic world's records and weights (package-relative).
+SYNTHETIC_SOURCES = ("demo/world.py", "demo/build.py")
+
+
+def code_fingerprint(sources: tuple[str, ...] = SYNTHETIC_SOURCES) -> str:
+    """SHA-256 (first 12 hex digits) of the sources that decide a world's records and weights."""
+    package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in ("world.py", "build.py"):
-        digest.update((here / name).read_bytes())
+    for relative in sources:
+        digest.update((package / relative).read_bytes())
     return digest.hexdigest()[:12]
+
+
+def versioned_key(name: str, sources: tuple[str, ...] = SYNTHETIC_SOURCES) -> str:
+    """A cache key: ucan version, code fingerprint of ``sources``, then the world's ``name``."""
+    return f"ucan-{__version__}-{code_fingerprint(sources)}/{name}"
+
+
+def keyed_path(key: str, root: Path | None = None) -> Path:
+    """Where the world of ``key`` lives in the cache (it may not exist yet)."""
+    return (root or cache_root()) / "demo" / key
 
 
 def world_name(seed: int, scenario: str, size: str = "default") -> str:
@@ -67,12 +81,12 @@ def world_name(seed: int, scenario: str, size: str = "default") -> str:
 
 def world_key(seed: int, scenario: str, size: str = "default") -> str:
     """Everything a cached world must match: version, code fingerprint, size, seed, scenario."""
-    return f"ucan-{__version__}-{code_fingerprint()}/{world_name(seed, scenario, size)}"
+    return versioned_key(world_name(seed, scenario, size))
 
 
 def world_path(seed: int, scenario: str, size: str = "default", root: Path | None = None) -> Path:
     """Where the world of this key lives in the cache (it may not exist yet)."""
-    return (root or cache_root()) / "demo" / world_key(seed, scenario, size)
+    return keyed_path(world_key(seed, scenario, size), root)
 
 
 def is_complete(path: Path, key: str) -> bool:

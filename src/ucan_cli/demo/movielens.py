@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ucan_cli.demo import cache
 from ucan_cli.demo.build import BuildConfig
 from ucan_cli.errors import InputError, UcanRuntimeError
 from ucan_cli.progress import ProgressFactory, or_null
@@ -504,15 +505,8 @@ def _write_world(
 # ------------------------------------------------------------------------------ building and the cache
 
 
-def code_fingerprint() -> str:
-    """SHA-256 (first 12 hex digits) of the sources that decide a world's records and weights."""
-    import hashlib
-
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for relative in ("demo/movielens.py", "demo/build.py", "prepare/movielens.py", "train.py"):
-        digest.update((package / relative).read_bytes())
-    return digest.hexdigest()[:12]
+#: The sources that decide a MovieLens world's records and weights (package-relative).
+SOURCES = ("demo/movielens.py", "demo/build.py", "prepare/movielens.py", "train.py")
 
 
 def world_name(seed: int, scenario: str, size: str = "default") -> str:
@@ -522,25 +516,12 @@ def world_name(seed: int, scenario: str, size: str = "default") -> str:
 
 def world_key(seed: int, scenario: str, size: str = "default") -> str:
     """Everything a cached world must match: ucan version, code fingerprint, size, seed, scenario."""
-    from ucan_cli._version import __version__
-
-    return f"ucan-{__version__}-{code_fingerprint()}/{world_name(seed, scenario, size)}"
+    return cache.versioned_key(world_name(seed, scenario, size), SOURCES)
 
 
 def world_path(seed: int, scenario: str, size: str = "default", root: Path | None = None) -> Path:
     """Where the world of this key lives in the user cache dir (it may not exist yet)."""
-    from ucan_cli.demo.cache import cache_root
-
-    return (root or cache_root()) / "demo" / world_key(seed, scenario, size)
-
-
-def is_complete(path: Path, key: str) -> bool:
-    """A world dir is complete when its ``world.json`` exists and carries ``key``."""
-    try:
-        manifest = json.loads((path / "world.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return manifest.get("key") == key
+    return cache.keyed_path(world_key(seed, scenario, size), root)
 
 
 def _install(tmp: Path, target: Path, *, replace: bool) -> None:
@@ -625,14 +606,14 @@ def ensure_movielens_world(
     _check_choice(scenario, size)
     key = world_key(seed, scenario, size)
     target = world_path(seed, scenario, size, root)
-    if not rebuild and is_complete(target, key):
+    if not rebuild and cache.is_complete(target, key):
         return target, "cached"
     locate_source(source)  # no MovieLens copy: the InputError comes before any note or work
     reuse = None
     if not rebuild:
         for other in (s for s in SCENARIOS if s != scenario):
             sibling = world_path(seed, other, size, root)
-            if is_complete(sibling, world_key(seed, other, size)):
+            if cache.is_complete(sibling, world_key(seed, other, size)):
                 reuse = sibling
                 break
     if on_build is not None:
