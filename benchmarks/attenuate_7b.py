@@ -24,22 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-
-def make_adapter(root: Path, layers: int, width: int, r: int, dtype: torch.dtype) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    tensors = {}
-    for i in range(layers):
-        for proj in ("q_proj", "v_proj"):
-            prefix = f"base_model.model.model.layers.{i}.self_attn.{proj}"
-            tensors[f"{prefix}.lora_A.weight"] = (torch.randn(r, width, generator=gen) * 0.01).to(dtype)
-            tensors[f"{prefix}.lora_B.weight"] = (torch.randn(width, r, generator=gen) * 0.01).to(dtype)
-    root.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(root / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
-    (root / "adapter_config.json").write_text(json.dumps(config))
-    return root
+from ucan_cli.toy import llama2_7b_shaped_adapter
 
 
 def make_score_file(adapter_dir: Path, path: Path, key: bytes, unit: str = "output") -> Path:
@@ -97,7 +83,7 @@ def main() -> None:
         key_file.write_text("b" * 64)
         for dtype in (torch.float32, torch.bfloat16):
             name = str(dtype).replace("torch.", "")
-            adapter = make_adapter(root / name, layers, 4096, 8, dtype)
+            adapter = llama2_7b_shaped_adapter(root / name, layers=layers, dtype=dtype)
             scores = make_score_file(adapter, root / f"{name}.safetensors", key_file.read_bytes().strip())
             times, stages = [], []
             for i in range(args.repeats):

@@ -16,22 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-
-def make_adapter(root: Path, layers: int, width: int, r: int, dtype: torch.dtype) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    tensors = {}
-    for i in range(layers):
-        for proj in ("q_proj", "v_proj"):
-            prefix = f"base_model.model.model.layers.{i}.self_attn.{proj}"
-            tensors[f"{prefix}.lora_A.weight"] = (torch.randn(r, width, generator=gen) * 0.01).to(dtype)
-            tensors[f"{prefix}.lora_B.weight"] = (torch.randn(width, r, generator=gen) * 0.01).to(dtype)
-    root.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(root / "adapter_model.safetensors"))
-    config = {"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
-    (root / "adapter_config.json").write_text(json.dumps(config))
-    return root
+from ucan_cli.toy import llama2_7b_shaped_adapter
 
 
 def main() -> None:
@@ -48,7 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for dtype in (torch.float32, torch.bfloat16):
-            path = make_adapter(Path(tmp) / str(dtype), layers, 4096, 8, dtype)
+            path = llama2_7b_shaped_adapter(Path(tmp) / str(dtype), layers=layers, dtype=dtype)
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()

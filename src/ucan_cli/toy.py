@@ -134,3 +134,25 @@ def smollm2_gguf() -> Path | None:
         if found:
             return found[0]
     return None
+
+
+def llama2_7b_shaped_adapter(root: str | Path, *, layers: int = 32, width: int = 4096, r: int = 8, dtype=torch.float32) -> Path:
+    """A random LoRA adapter of Llama-2-7B's shape (r on q_proj and v_proj of every layer), for
+    benchmarks: what matters is the size of A and B, not their values. Written as PEFT would."""
+    import json
+
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i in range(layers):
+        for proj in ("q_proj", "v_proj"):
+            prefix = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+            tensors[f"{prefix}.lora_A.weight"] = (torch.randn(r, width, generator=gen) * 0.01).to(dtype)
+            tensors[f"{prefix}.lora_B.weight"] = (torch.randn(width, r, generator=gen) * 0.01).to(dtype)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(root / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
+    (root / "adapter_config.json").write_text(json.dumps(config))
+    return root
