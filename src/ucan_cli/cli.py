@@ -7,7 +7,7 @@ answer without them.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,6 +18,7 @@ from ucan_cli.commands import eval as eval_cmd
 from ucan_cli.commands import inspect as inspect_cmd
 from ucan_cli.commands import prepare as prepare_cmd
 from ucan_cli.commands import score as score_cmd
+from ucan_cli.help import UcanCommand, UcanGroup, fast_help
 
 EPILOG = (
     "Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 3 a --fail-if gate failed, "
@@ -35,7 +36,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    cls=UcanGroup,
+    rich_markup_mode=None,  # plain help (ucan_cli.help): Rich's help renderer costs more than ucan's start-up budget
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -48,25 +50,33 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    # A plain bool flag (not Optional[bool]): Typer then skips value coercion, which would import
+    # pydantic (about 80 ms) on every invocation, `--help` included.
     version: Annotated[
-        Optional[bool],
+        bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    ] = None,
+    ] = False,
 ) -> None:
     """ucan: one-shot, gradient-free unlearning for LoRA-tuned LLM recommenders."""
 
 
-app.command("inspect", epilog=EPILOG)(inspect_cmd.inspect)
-app.command("score", epilog=EPILOG)(score_cmd.score)
-app.command("attenuate", epilog=EPILOG)(attenuate_cmd.attenuate)
-app.command("eval", epilog=EPILOG)(eval_cmd.eval_)
+app.command("inspect", epilog=EPILOG, cls=UcanCommand)(inspect_cmd.inspect)
+app.command("score", epilog=EPILOG, cls=UcanCommand)(score_cmd.score)
+app.command("attenuate", epilog=EPILOG, cls=UcanCommand)(attenuate_cmd.attenuate)
+app.command("eval", epilog=EPILOG, cls=UcanCommand)(eval_cmd.eval_)
 app.add_typer(prepare_cmd.app, name="prepare")
-app.command("demo", epilog=EPILOG)(demo_cmd.demo)
+app.command("demo", epilog=EPILOG, cls=UcanCommand)(demo_cmd.demo)
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    import sys
+
+    text = fast_help(app, sys.argv[1:])
+    if text is not None:
+        typer.echo(text)
+        return
+    app(prog_name="ucan")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ from ucan_cli.options import (
 
 @ucan_command(model=False)
 def inspect(
-    adapter: Annotated[Path, typer.Argument(help="PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")],
+    adapter: Annotated[Path, typer.Argument(metavar="ADAPTER", help="PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).")],
     base: Annotated[
         Optional[str],
         typer.Option("--base", help="Base model id or path: check that every target module exists with matching shapes.", rich_help_panel=PANEL_MODEL),

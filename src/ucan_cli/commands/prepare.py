@@ -11,19 +11,20 @@ from __future__ import annotations
 import functools
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from ucan_cli.errors import InputError
+from ucan_cli.help import UcanCommand, UcanGroup
 from ucan_cli.options import RuntimeOptions, ucan_command
-from ucan_cli.prepare.movielens import PrepareOptions, prepare_movielens
-from ucan_cli.prepare.split import parse_user_ids, read_user_ids_file, split_by_users
-from ucan_cli.ui import UI
+
+if TYPE_CHECKING:
+    from ucan_cli.ui import UI
 
 app = typer.Typer(
+    cls=UcanGroup,
+    rich_markup_mode=None,
     help="Prepare data: MovieLens-100K by the paper's protocol, or forget/retain files from a deletion request.",
     no_args_is_help=True,
 )
@@ -42,6 +43,9 @@ class Preset(str, Enum):
 
 
 def _render_counts(ui: UI, title: str, counts: dict[str, int], *, note: str | None = None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=escape(title), title_justify="left")
     table.add_column("count")
     table.add_column("value", justify="right")
@@ -53,6 +57,8 @@ def _render_counts(ui: UI, title: str, counts: dict[str, int], *, note: str | No
 
 
 def _forget_user_ints(text: str) -> tuple[int, ...]:
+    from ucan_cli.prepare.split import parse_user_ids
+
     ids = parse_user_ids(text)
     bad = [u for u in ids if not u.isdigit()]
     if bad:
@@ -60,7 +66,7 @@ def _forget_user_ints(text: str) -> tuple[int, ...]:
     return tuple(int(u) for u in ids)
 
 
-@app.command("movielens")
+@app.command("movielens", cls=UcanCommand)
 @ucan_command(model=False)
 def movielens(
     output: Annotated[
@@ -108,6 +114,8 @@ def movielens(
     """
     if forget_users is not None and forget_fraction is not None:
         raise InputError("--forget-users and --forget-fraction exclude each other; give one")
+    from ucan_cli.prepare.movielens import PrepareOptions, prepare_movielens
+
     options = PrepareOptions(
         history=history,
         candidates=candidates,
@@ -118,6 +126,8 @@ def movielens(
         seed=rt.seed,
     )
     prepared = prepare_movielens(options, source=source, out_dir=output, force=force, dry_run=dry_run)
+    from ucan_cli.ui import UI
+
     ui = UI(rt)
     where = "dry run: nothing written" if dry_run else f"written to {output}"
     _render_counts(ui, f"MovieLens-100K ({options.preset} preset, seed {rt.seed})", prepared.counts, note=where)
@@ -125,7 +135,7 @@ def movielens(
         ui.emit_json(prepared.manifest)
 
 
-@app.command("split")
+@app.command("split", cls=UcanCommand)
 @ucan_command(model=False)
 def split(
     data: Annotated[Path, _data("--data", help="JSONL (or .jsonl.gz) whose records carry user_id.")],
@@ -160,6 +170,8 @@ def split(
     """
     if (forget_users is None) == (forget_users_file is None):
         raise InputError("give exactly one of --forget-users and --forget-users-file")
+    from ucan_cli.prepare.split import parse_user_ids, read_user_ids_file, split_by_users
+
     ids = parse_user_ids(forget_users) if forget_users_file is None else read_user_ids_file(forget_users_file)
     result = split_by_users(
         data,
@@ -174,6 +186,8 @@ def split(
     where = "dry run: nothing written" if dry_run else f"written to {output}"
     if result.missing_user_ids:
         where += f"; {len(result.missing_user_ids)} forget user id(s) had no record: {', '.join(result.missing_user_ids)}"
+    from ucan_cli.ui import UI
+
     ui = UI(rt)
     _render_counts(ui, f"split of {data.name}", result.counts, note=where)
     if rt.json:

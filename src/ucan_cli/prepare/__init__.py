@@ -7,7 +7,21 @@ deletion request (a list of user ids) into forget and retain files. The CLI fron
 
 from __future__ import annotations
 
-from ucan_cli.prepare.movielens import PrepareOptions, PreparedMovieLens, prepare_movielens
-from ucan_cli.prepare.split import SplitResult, split_by_users
+import importlib
+from typing import Any
 
-__all__ = ["PrepareOptions", "PreparedMovieLens", "SplitResult", "prepare_movielens", "split_by_users"]
+# Names resolve on first use: ``movielens`` needs NumPy, and ``ucan --help`` must not pay for it.
+_EXPORTS = {
+    "PrepareOptions": "movielens",
+    "PreparedMovieLens": "movielens",
+    "prepare_movielens": "movielens",
+    "SplitResult": "split",
+    "split_by_users": "split",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ucan_cli.prepare' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ucan_cli.prepare.{_EXPORTS[name]}"), name)
