@@ -16,9 +16,16 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# One thread: tiny-model matrix products are faster and steadier than with two OpenMP threads
-# on a 2-core machine that also runs the test process itself.
-torch.set_num_threads(1)
+# Torch threads: 1 by default (tiny-model matrix products are faster and steadier than with two
+# OpenMP threads on a 2-core machine). .ci/run runs the suite twice, with UCAN_TEST_THREADS=1 and
+# =2 (and OMP_NUM_THREADS to match), so that a test tied to one summation order fails in CI
+# rather than on a user's machine.
+TEST_THREADS = int(os.environ.get("UCAN_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+
+
+def pytest_report_header(config):
+    return f"torch threads: {torch.get_num_threads()} (UCAN_TEST_THREADS), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
 
 ITEMS = [f"item{i}" for i in range(40)]
 WORDS = "the user watched liked rated movie next which will they pick choose from list history candidates".split()

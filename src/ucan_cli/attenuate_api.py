@@ -76,6 +76,21 @@ def config_toml(section: str, values: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Verdicts on which attenuate declines (exit 4, nothing written) unless ``accept_weak``. ``noise``
+#: has no eligible unit at all (steps 2-5 already raise NothingToDo); ``no-contrast`` (the w/o C
+#: ablation) has no noise comparison to decline on.
+DECLINED_VERDICTS = ("weak", "noise")
+
+
+def decline_message(overview: Mapping[str, Any]) -> str:
+    """Why attenuate declines a weak contrast, and what the user can do instead (one line)."""
+    return (
+        f"declined: {overview['sentence']}. An edit of these units would move the retain users as much as the "
+        "forget users, so nothing was written. To honour the request, retrain the adapter without these users; "
+        "pass --accept-weak to edit anyway (the report and ledger record it)"
+    )
+
+
 #: CLI spelling of option keys whose flag differs from the parameter name.
 _FLAGS = {"lam": "--lambda"}
 
@@ -142,6 +157,7 @@ def attenuate(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     force: bool = False,
+    accept_weak: bool = False,
     dry_run: bool = False,
     command_line: str | None = None,
     progress: ProgressFactory | None = None,
@@ -168,6 +184,9 @@ def attenuate(
         receipt_key: the receipt key file (default: the user's key, created on first use).
         force: replace an existing ``out_dir``, attenuate a forget set already in the lineage,
             and continue from an adapter whose hash does not match its ledger.
+        accept_weak: edit even when the verdict is ``weak`` (no more units stand out than the noise
+            reference gives); recorded in the report and the ledger. Without it such a request
+            declines with ``NothingToDo`` (exit 4) and nothing is written.
         dry_run: compute everything, write nothing (``out_dir`` is checked when given).
         command_line: recorded in the report and model card; default: an equivalent command.
         progress: a progress factory for the forward passes.
@@ -291,10 +310,12 @@ def attenuate(
     from ucan_cli.api import contrast_overview
 
     overview = contrast_overview(result)
-    if overview["verdict"] == "weak":  # the units pass the gates, but no more of them than noise gives
+    if overview["verdict"] in DECLINED_VERDICTS:  # units pass the gates, but no more of them than noise gives
+        if not accept_weak:
+            raise NothingToDo(decline_message(overview), result.summary())
         warnings.append(
-            f"{overview['sentence']}: this edit may be noise rather than forgetting; check it with `ucan eval` "
-            "and consider retraining without these users"
+            f"{overview['sentence']}: edited anyway (--accept-weak, recorded in the report and ledger); this edit "
+            "may be noise rather than forgetting: check it with `ucan eval`, and retrain without these users to honour the request"
         )
     lap("select")
 
@@ -322,7 +343,10 @@ def attenuate(
         "retain_max_samples": retain_max_samples if scores is None else score_meta.get("retain_max_samples", retain_max_samples),
         "seed": seed if scores is None else score_meta.get("seed", seed),
         "allow_overlap": allow_overlap,
+        "accept_weak": bool(accept_weak),
     }
+    verdict = {"kind": overview["verdict"], "sentence": overview["sentence"],
+               "accepted_weak": overview["verdict"] in DECLINED_VERDICTS}
     base_label = base if isinstance(base, (str, Path)) else None  # a (model, tokenizer) pair has no path
     if base_label is None and isinstance(score_meta.get("base"), Mapping):
         base_label = score_meta["base"].get("id")
@@ -336,7 +360,7 @@ def attenuate(
         "max_length": max_length, "max_samples": max_samples, "retain_max_samples": retain_max_samples,
         "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype,
         "allow_overlap": allow_overlap, "receipt_key": receipt_key and str(receipt_key),
-        "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code,
+        "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code, "accept_weak": accept_weak,
     }
     if command_line is None:
         command_line = equivalent_command({**cli_values, "output": out_dir and str(out_dir), "dry_run": dry_run})
@@ -361,7 +385,7 @@ def attenuate(
     def document(output: dict | None) -> dict:
         return attenuate_document(
             command_line=command_line, dry_run=dry_run, inputs=inputs, receipt=receipt_doc, output=output,
-            options=options, unit=params.unit, summary=result.summary(), changes=changes, totals=totals,
+            options=options, unit=params.unit, verdict=verdict, summary=result.summary(), changes=changes, totals=totals,
             lineage=lineage, warnings=warnings, timings=timings,
         )
 

@@ -26,6 +26,7 @@ from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
     PANEL_DATA,
+    PANEL_METHOD,
     PANEL_MODEL,
     PANEL_OUTPUT,
     ReceiptKeyOpt,
@@ -98,6 +99,15 @@ def attenuate(
             rich_help_panel=PANEL_OUTPUT,
         ),
     ] = False,
+    accept_weak: Annotated[
+        bool,
+        typer.Option(
+            "--accept-weak",
+            help="Edit even when score's verdict is weak (no more units stand out than retain-vs-retain noise gives); "
+            "without it such a request exits 4 with nothing written. Recorded in the report and ledger.",
+            rich_help_panel=PANEL_METHOD,
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Compute everything and show what would change; write nothing.", rich_help_panel=PANEL_OUTPUT)
     ] = False,
@@ -106,7 +116,7 @@ def attenuate(
 ) -> None:
     """Scale down the LoRA units that fire more on the forget set than on the retain set.
 
-    Writes OUT_DIR: the attenuated adapter (loads with PeftModel.from_pretrained), README.md (model card), ucan_report.json / ucan_report.md, ucan_config.toml and ucan_ledger.jsonl. The input adapter is never modified. Exit 4, with nothing written, when no unit is eligible.
+    Writes OUT_DIR: the attenuated adapter (loads with PeftModel.from_pretrained), README.md (model card), ucan_report.json / ucan_report.md, ucan_config.toml and ucan_ledger.jsonl. The input adapter is never modified. Exit 4, with nothing written, when no unit is eligible or when the contrast is no stronger than noise (verdict weak; --accept-weak edits anyway).
 
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 
@@ -140,7 +150,7 @@ def attenuate(
         template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
         seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,
         receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
-        dry_run=dry_run, command_line=shlex.join(["ucan", *sys.argv[1:]]), progress=ui.progress,
+        accept_weak=accept_weak, dry_run=dry_run, command_line=shlex.join(["ucan", *sys.argv[1:]]), progress=ui.progress,
     )
     if rt.json:
         ui.emit_json(run.report)

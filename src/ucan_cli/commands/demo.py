@@ -187,6 +187,7 @@ def _run(ui, rt: RuntimeOptions, out: Path, world_dir: Path, how: str, scenario:
 
     from ucan_cli import api
     from ucan_cli.attenuate_api import attenuate
+    from ucan_cli.errors import NothingToDo
     from ucan_cli.io.scorefile import save_score_file
     from ucan_cli.method_options import params_to_dict
     from ucan_cli.report.score import score_document
@@ -232,12 +233,21 @@ def _run(ui, rt: RuntimeOptions, out: Path, world_dir: Path, how: str, scenario:
         return doc
 
     t = time.perf_counter()
-    att = attenuate(paths["original"], paths["unlearned"], scores=paths["scores"], forget=paths["forget"],
-                    params=None if ratio is None else {"ratio": ratio}, seed=rt.seed, progress=ui.progress)
+    attenuate_args = dict(scores=paths["scores"], forget=paths["forget"], params=None if ratio is None else {"ratio": ratio},
+                          seed=rt.seed, progress=ui.progress)
+    declined = None
+    try:
+        att = attenuate(paths["original"], paths["unlearned"], **attenuate_args)
+    except NothingToDo as exc:  # a weak contrast: attenuate declines; the demo shows what the edit would do
+        declined = str(exc)
+        ui.warn(f"ucan attenuate: {declined} (exit 4). The demo edits anyway with --accept-weak to show why.")
+        att = attenuate(paths["original"], paths["unlearned"], accept_weak=True, **attenuate_args)
+    doc["commands"] = _commands(out, paths, rt, ratio, scenario, ran_attenuate=True, accept_weak=declined is not None)
     timings["attenuate_s"] = time.perf_counter() - t
     s = att.result.s
     doc["attenuate"] = {"out": str(paths["unlearned"]), "n_attenuated": int((s < 1).sum()),
-                        "budget_sum_1_minus_s": float((1 - s).sum()), "k": int(att.result.k)}
+                        "budget_sum_1_minus_s": float((1 - s).sum()), "k": int(att.result.k),
+                        "declined": declined, "accepted_weak": declined is not None}
 
     t = time.perf_counter()
     doc["random_units"] = _random_units(paths["original"], paths["random"], att, seed=rt.seed)
@@ -297,8 +307,11 @@ def _evaluate(ui, rt: RuntimeOptions, paths: dict) -> dict:
     return document
 
 
-def _commands(out: Path, paths: dict, rt: RuntimeOptions, ratio: float | None, scenario: str, *, ran_attenuate: bool) -> list[str]:
-    """The command lines that redo each step by hand on what the demo wrote (runnable as printed)."""
+def _commands(
+    out: Path, paths: dict, rt: RuntimeOptions, ratio: float | None, scenario: str, *, ran_attenuate: bool, accept_weak: bool = False
+) -> list[str]:
+    """The command lines that redo each step by hand on what the demo wrote (runnable as printed;
+    with ``accept_weak`` the attenuate line carries the opt-in the demo needed)."""
     import shlex
 
     q = lambda p: shlex.quote(str(p))  # noqa: E731
@@ -309,7 +322,7 @@ def _commands(out: Path, paths: dict, rt: RuntimeOptions, ratio: float | None, s
         f"ucan score --base {q(paths['base'])} --adapter {q(paths['original'])} --forget {q(paths['forget'])} "
         f"--retain {q(paths['retain'])}{ratio_opt}{seed} -o {q(paths['scores'])} --force",
         f"ucan attenuate --adapter {q(paths['original'])} --scores {q(paths['scores'])} --forget {q(paths['forget'])}"
-        f"{ratio_opt} -o {q(paths['unlearned'])} --force",
+        f"{ratio_opt}{' --accept-weak' if accept_weak else ''} -o {q(paths['unlearned'])} --force",
     ]
     if ran_attenuate:
         lines.append(
@@ -391,11 +404,16 @@ def _summary_effect(doc: dict, scenario: str) -> dict:
             f"{_p(auc['original'])} to {_p(auc['unlearned_1'])}, where the reference sits at {_p(auc['reference'])}.",
         ]
     else:
+        declined = (
+            "`ucan attenuate` declined (exit 4, nothing written) because no more units stand out than noise gives; "
+            "edited anyway with --accept-weak, "
+            if doc["attenuate"].get("accepted_weak") else ""
+        )
         sentences = [
             f"The forget users are a representative sample of the same users, so the contrast is close to noise "
             f"(largest R = {_x(noise['max_R_over_sigma0'], 'sigma0')}; {noise['n_R_above']} units reach 3 sigma0 where "
-            f"retain-vs-retain noise alone reaches {noise['n_R0_above']}, against hundreds in `--scenario group`), and "
-            f"attenuating them hit forget and retain alike: {effect}; {control}.",
+            f"retain-vs-retain noise alone reaches {noise['n_R0_above']}, against hundreds in `--scenario group`); "
+            f"{declined}attenuating them hit forget and retain alike: {effect}; {control}.",
             "U-CAN has nothing forget-specific to remove here: to honour such a request, retrain the adapter without "
             "those users (the world's reference adapter is exactly that).",
         ]

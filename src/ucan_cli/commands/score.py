@@ -151,6 +151,11 @@ def score(
         render_score(ui, doc)
     if run.nothing_to_do is not None:
         ui.warn(f"no unit is eligible; `ucan attenuate` with these options would exit 4. {run.nothing_to_do.message}")
+    elif run.overview["verdict"] == "weak":
+        ui.warn(
+            f"{run.overview['sentence']}; `ucan attenuate` with these options declines (exit 4, nothing written) "
+            "unless --accept-weak: retraining without these users is what honours the request"
+        )
 
 
 def _check_output(output: Path, *, force: bool, protected: list[Path]) -> None:
