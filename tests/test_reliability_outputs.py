@@ -227,3 +227,107 @@ def test_sigterm_in_the_write_phase_cleans_up(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.splitlines()[-1] == "interrupted (SIGTERM); no output was left half-written"
     assert not out.exists() and siblings(out) == []
+
+
+# ------------------------------------------------------------------ 5. score files are tamper-evident
+
+
+@pytest.fixture()
+def scored(tiny_models, adapters, tmp_path) -> dict:
+    d = data_files(tmp_path / "d")
+    scores = tmp_path / "scores.safetensors"
+    result = invoke("score", "--base", tiny_models["llama"], "--adapter", adapters["llama"], "--forget", d["forget"],
+                    "--retain", d["retain"], "--receipt-key", d["key"], "-o", scores)
+    assert result.exit_code == 0, result.output
+    return {**d, "scores": scores}
+
+
+def _rewrite(path: Path, *, meta=None, tensors=None) -> None:
+    """Edit a score file the way a hand would: new header and tensors, old integrity hash."""
+    from safetensors import safe_open
+    from safetensors.numpy import save
+
+    with safe_open(str(path), framework="np") as handle:
+        metadata = dict(handle.metadata())
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}
+    if meta is not None:
+        metadata["meta"] = json.dumps(meta(json.loads(metadata["meta"])))
+    if tensors is not None:
+        tensors(arrays)
+    path.write_bytes(save(arrays, metadata=metadata))
+
+
+def _attenuate(adapter, scored, out):
+    return invoke("attenuate", "--adapter", adapter, "--scores", scored["scores"], "--forget", scored["forget"],
+                  "--receipt-key", scored["key"], "-o", out)
+
+
+def test_score_file_moved_to_another_adapter_is_refused(scored, adapters, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from ucan_cli.io.adapter import sha256_file
+
+    other = tmp_path / "other"
+    shutil.copytree(adapters["llama"], other)
+    weights = load_file(str(other / "adapter_model.safetensors"))
+    weights = {k: (v * 0.5 if "lora_B" in k else v) for k, v in weights.items()}
+    save_file(weights, str(other / "adapter_model.safetensors"), metadata={"format": "pt"})
+    sha = sha256_file(other / "adapter_model.safetensors")
+    _rewrite(scored["scores"], meta=lambda m: {**m, "adapter_sha256": sha})
+    result = _attenuate(other, scored, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: {scored['scores']}: score file was modified after `ucan score` wrote it "
+                             "(integrity hash differs)\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_edited_statistics_are_refused(scored, adapters, tmp_path):
+    def inflate(arrays):
+        arrays["forget.sum_abs"] = arrays["forget.sum_abs"].copy()
+        arrays["forget.sum_abs"][:50] *= 1000
+
+    _rewrite(scored["scores"], tensors=inflate)
+    result = _attenuate(adapters["llama"], scored, tmp_path / "out")
+    assert result.exit_code == 2 and "(integrity hash differs)" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_score_file_meta_that_is_not_an_object_is_exit_2(scored, adapters, tmp_path):
+    from ucan_cli.io.scorefile import load_score_file, score_file_bytes
+
+    stats, _ = load_score_file(scored["scores"])
+    scored["scores"].write_bytes(score_file_bytes(stats, None, ["not", "an", "object"]))  # a valid hash
+    result = _attenuate(adapters["llama"], scored, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"error: {scored['scores']}: damaged score file: metadata 'meta' is a JSON list, "
+                             "not an object\n")
+
+
+def test_score_file_without_integrity_hash_is_refused(scored, adapters, tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import save
+
+    from ucan_cli.io.scorefile import INTEGRITY_KEY
+
+    with safe_open(str(scored["scores"]), framework="np") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != INTEGRITY_KEY}
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}
+    scored["scores"].write_bytes(save(arrays, metadata=metadata))
+    result = _attenuate(adapters["llama"], scored, tmp_path / "out")
+    assert result.exit_code == 2
+    assert "has no integrity hash (written by an older ucan); rerun `ucan score`" in result.stderr
+
+
+def test_integrity_hash_is_the_only_change_to_the_score_file(scored):
+    """The file is the canonical safetensors of before plus one metadata entry; stats read back unchanged."""
+    from safetensors import safe_open
+    from safetensors.numpy import save
+
+    from ucan_cli.io.canonical import canonical_safetensors
+    from ucan_cli.io.scorefile import INTEGRITY_KEY, integrity_hash
+
+    with safe_open(str(scored["scores"]), framework="np") as handle:
+        metadata = dict(handle.metadata())
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}
+    assert metadata[INTEGRITY_KEY] == integrity_hash(arrays, metadata)
+    assert canonical_safetensors(save(arrays, metadata=metadata)) == scored["scores"].read_bytes()
