@@ -229,6 +229,69 @@ def test_sigterm_in_the_write_phase_cleans_up(tmp_path):
     assert not out.exists() and siblings(out) == []
 
 
+# ------------------------------------------------------------------ 4. the demo is one atomic output
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("demo-env")
+    return {"UCAN_CACHE_DIR": str(root / "cache"), "XDG_CONFIG_HOME": str(root / "config"), "COLUMNS": "200"}
+
+
+def _fail_scoring(monkeypatch):
+    import ucan_cli.api as api
+    from ucan_cli.errors import UcanRuntimeError
+
+    def broken(*args, **kwargs):
+        raise UcanRuntimeError("simulated failure")
+
+    monkeypatch.setattr(api, "score", broken)
+
+
+def test_a_failing_demo_writes_nothing(demo_env, tmp_path, monkeypatch):
+    _fail_scoring(monkeypatch)
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "-o", str(out)], env=demo_env)
+    assert result.exit_code == 1 and "simulated failure" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no OUT, no world/ alone, no hidden sibling
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", "-o", str(old), "--force"], env=demo_env)
+    assert result.exit_code == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"] and tree(old) == {"keep.txt": b"mine"}
+
+
+def test_a_killed_demo_leaves_no_output_and_the_rerun_replaces_cleanly(demo_env, tmp_path):
+    out = tmp_path / "demo"
+    code = (
+        "import sys, time\nimport ucan_cli.api as api\nfrom ucan_cli import cli\n"
+        "def stuck(*a, **k):\n    print('ready', flush=True); time.sleep(60)\n"
+        "api.score = stuck\nsys.argv = ['ucan', *sys.argv[1:]]\ncli.main()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, "demo", "-o", str(out)], env={**os.environ, **demo_env, "PYTHONPATH": SRC},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and len(siblings(out)) == 1  # the world was copied, but only into the sibling
+    # The rerun is not refused, removes the dead run's sibling; --force replaces an old demo
+    # and leaves no .OUT.old-* behind.
+    out.mkdir()
+    (out / "keep.txt").write_text("old demo")
+    result = runner.invoke(app, ["demo", "-o", str(out), "--force", "--json"], env=demo_env)
+    assert result.exit_code == 0, result.output
+    assert siblings(out) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    assert sorted(p.name for p in out.iterdir()) == ["demo.json", "eval", "random-units", "scores.safetensors", "unlearned", "world"]
+    # Written in the sibling, the documents still name the paths the user finds.
+    doc = json.loads(result.stdout)
+    assert doc["demo"]["out"] == str(out) and json.loads((out / "demo.json").read_text()) == doc
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["adapters"][1]["path"] == str(out / "unlearned")
+    for path, data in tree(out).items():
+        assert b".tmp-" not in data, path
+
+
 # ------------------------------------------------------------------ 5. score files are tamper-evident
 
 
