@@ -201,7 +201,7 @@ def attenuate(
     from ucan_cli.io.data import read_records
     from ucan_cli.io.ledger import check_adapter_head, check_repeat, new_entry, read_ledger, write_ledger
     from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
-    from ucan_cli.io.receipts import key_fingerprint, load_or_create_key, set_receipt
+    from ucan_cli.io.receipts import key_fingerprint, key_path, load_or_create_key, set_receipt
     from ucan_cli.method_options import params_to_dict, resolve_token_scope
     from ucan_cli.report.attenuate import attenuate_document, attenuate_markdown
     from ucan_cli.report.card import model_card
@@ -223,10 +223,9 @@ def attenuate(
     if out_dir is None and not dry_run:
         raise InputError("-o/--output: the output directory is required (or pass --dry-run)")
     # Never write over (or, with --force, delete) anything this run reads.
-    inputs = [source.path, scores, forget if isinstance(forget, (str, Path)) else None,
-              retain if isinstance(retain, (str, Path)) else None, receipt_key,
-              base if isinstance(base, (str, Path)) and Path(base).exists() else None]
-    protected = [Path(p) for p in inputs if p is not None]
+    protected = [source.path, scores, forget if isinstance(forget, (str, Path)) else None,
+                 retain if isinstance(retain, (str, Path)) else None, key_path(receipt_key), template,
+                 base if isinstance(base, (str, Path)) else None]
     if out_dir is not None:
         check_output_dir(out_dir, force=force, protected=protected)
     ledger = read_ledger(source.path)

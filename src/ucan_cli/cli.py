@@ -7,11 +7,13 @@ answer without them.
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
 
 from ucan_cli._version import __version__
+from ucan_cli.errors import Terminated
 from ucan_cli.commands import attenuate as attenuate_cmd
 from ucan_cli.commands import demo as demo_cmd
 from ucan_cli.commands import eval as eval_cmd
@@ -68,14 +70,26 @@ app.add_typer(prepare_cmd.app, name="prepare")
 app.command("demo", epilog=EPILOG, cls=UcanCommand)(demo_cmd.demo)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    ``--help`` is answered from the command tree without parsing (``ucan_cli.help``). SIGTERM
+    (``kill``, a job scheduler's timeout) is turned into an exception like Ctrl-C, so that the
+    output context managers remove their temporary siblings before the process exits (Python's
+    default for SIGTERM exits without running them). SIGKILL cannot be caught; the next run for
+    the same output removes what such a run left (``io.outdir``).
+    """
     import sys
 
     text = fast_help(app, sys.argv[1:])
     if text is not None:
         typer.echo(text)
         return
+    signal.signal(signal.SIGTERM, _terminate)
     app(prog_name="ucan")
 
 

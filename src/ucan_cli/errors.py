@@ -60,3 +60,12 @@ class NothingToDo(UcanError):
         #: the k = 0 ``ScoreResult`` when scoring raised this: every per-unit array, so callers can
         #: explain the decision without recomputing it.
         self.result = result
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the command line's SIGTERM handler (``cli.main``), so that a terminated run
+    unwinds like Ctrl-C: temporary outputs are removed, nothing half-written stays. Exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum

@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from ucan_cli.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, UcanError
+from ucan_cli.io.outdir import reading
 
 PANEL_MODEL = "Model"
 PANEL_DATA = "Data"
@@ -261,7 +262,8 @@ def ucan_command(*, model: bool = True):
             try:
                 kwargs = _apply_config(kwargs, ctx, annotations, command_name)
                 rt = RuntimeOptions(**{name: kwargs.pop(name) for name in specs})
-                return fn(*args, rt=rt, **kwargs)
+                with reading(rt.config):  # no output may overlap the --config file
+                    return fn(*args, rt=rt, **kwargs)
             except typer.Exit:
                 raise
             except UcanError as exc:
@@ -269,9 +271,10 @@ def ucan_command(*, model: bool = True):
                     traceback.print_exc()
                 _report_error(exc.message)
                 raise typer.Exit(exc.exit_code) from None
-            except KeyboardInterrupt:
-                sys.stderr.write("interrupted; nothing was written\n")
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated): outputs were cleaned up
+                signum = getattr(exc, "signum", 2)
+                sys.stderr.write(f"interrupted ({'SIGTERM' if signum == 15 else 'SIGINT'}); no output was left half-written\n")
+                raise typer.Exit(128 + signum) from None
             except Exception as exc:  # anything unexpected is a runtime failure, one line unless -vv
                 if verbose >= 2:
                     traceback.print_exc()

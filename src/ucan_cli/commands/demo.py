@@ -97,11 +97,11 @@ def demo(
         raise InputError(f"--seed must be >= 0 for the demo world, got {rt.seed}")
 
     from ucan_cli.demo.cache import cache_root, ensure_world
-    from ucan_cli.io.outdir import check_output_dir
+    from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
     from ucan_cli.ui import UI
 
     ui = UI(rt)
-    check_output_dir(out, force=force, protected=[cache_root()])
+    check_output_dir(out, force=force, protected=[cache_root()])  # before a world is built
     if data == "movielens":
         from ucan_cli.demo.movielens import ensure_movielens_world
 
@@ -112,22 +112,27 @@ def demo(
         world_dir, how = ensure_world(rt.seed, scenario, size, rebuild=rebuild, progress=ui.progress, on_build=ui.info)
     world_s = time.perf_counter() - t_start
     ui.detail(f"world: {world_dir} ({how}, {world_s:.1f} s)")
-    with _replacing(out, force=force), _one_thread_on_cpu(rt.device):
-        doc = _run(ui, rt, out, world_dir, how, scenario, ratio, data)
-    timings = doc["timings"]
-    timings["world_s"] = world_s
-    timings["total_s"] = time.perf_counter() - t_start
-    cold = how == "built"
-    limit = (BUDGET_MOVIELENS_COLD_S if data == "movielens" else BUDGET_COLD_S) if cold else BUDGET_CACHED_S
-    doc["budget"] = {
-        "kind": "cold (world built)" if cold else f"warm (world {how})",
-        "limit_s": limit,
-        "total_s": round(timings["total_s"], 2),
-        "within": timings["total_s"] <= limit,
-    }
     import json
 
-    (out / "demo.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    # Everything goes into one temporary sibling, renamed into place at the end: a failed or
+    # killed demo leaves OUT as it was (a killed one's sibling is removed by the next run).
+    with atomic_output_dir(out, force=force, protected=[cache_root()]) as tmp, _one_thread_on_cpu(rt.device):
+        relocate = _Relocation(out.parent / tmp.name, out)
+        doc = _run(ui, rt, relocate.work, world_dir, how, scenario, ratio, data, relocate)
+        timings = doc["timings"]
+        timings["world_s"] = world_s
+        timings["total_s"] = time.perf_counter() - t_start
+        cold = how == "built"
+        limit = (BUDGET_MOVIELENS_COLD_S if data == "movielens" else BUDGET_COLD_S) if cold else BUDGET_CACHED_S
+        doc["budget"] = {
+            "kind": "cold (world built)" if cold else f"warm (world {how})",
+            "limit_s": limit,
+            "total_s": round(timings["total_s"], 2),
+            "within": timings["total_s"] <= limit,
+        }
+        doc = relocate.value(doc)
+        relocate.files(tmp)
+        (tmp / "demo.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     if rt.json:
         ui.emit_json(doc)
     else:
@@ -152,35 +157,60 @@ def _one_thread_on_cpu(device: str):
         torch.set_num_threads(threads)
 
 
-@contextlib.contextmanager
-def _replacing(out: Path, *, force: bool):
-    """Write into ``out`` in place (reports record its real paths) without leaving a half demo.
+class _Relocation:
+    """The demo runs in a temporary sibling ``work`` but its reports name the paths the user will
+    find: every path under ``work`` recorded in a document (the score file's meta, the reports,
+    the model card, the resolved config, demo.json) is rewritten to the same path under ``out``.
 
-    An existing ``out`` (allowed by ``--force``) is moved aside first and restored if the demo
-    fails; a failed demo removes what it wrote.
+    Paths are recorded as given (``work/...``, relative when ``-o`` is) or resolved; both forms
+    are mapped, in every escaping that JSON, TOML and Markdown give them.
     """
-    import shutil
-    import tempfile
 
-    aside = None
-    if out.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.resolve().parent)) / "old"
-        out.rename(aside)
-    out.mkdir(parents=True)
-    try:
-        yield
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        if aside is not None:
-            aside.rename(out)
-            shutil.rmtree(aside.parent, ignore_errors=True)
-        raise
-    if aside is not None:
-        shutil.rmtree(aside.parent, ignore_errors=True)
+    SUFFIXES = (".json", ".md", ".toml")
+
+    def __init__(self, work: Path, out: Path):
+        import json
+
+        self.work = work
+        pairs = [(str(work.resolve()), str(out.resolve())), (str(work), str(out))]
+        self.replacements = []
+        for old, new in pairs:
+            for ascii_only in (True, False):
+                esc = lambda text: json.dumps(text, ensure_ascii=ascii_only)[1:-1]  # noqa: E731
+                self.replacements += [(esc(old), esc(new))]
+            self.replacements.append((old, new))
+
+    def text(self, text: str) -> str:
+        for old, new in self.replacements:
+            text = text.replace(old, new)
+        return text
+
+    def value(self, value):
+        """A JSON-like value with every string relocated."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {key: self.value(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.value(item) for item in value]
+        return value
+
+    def files(self, root: Path) -> None:
+        """Relocate the text documents written under ``root`` (never a hash-chained ledger or weights)."""
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix in self.SUFFIXES:
+                text = path.read_text(encoding="utf-8")
+                moved = self.text(text)
+                if moved != text:
+                    path.write_text(moved, encoding="utf-8")
 
 
-def _run(ui, rt: RuntimeOptions, out: Path, world_dir: Path, how: str, scenario: str, ratio: float | None, data: str) -> dict:
-    """Copy the world into ``out``, then score, attenuate, the random-units control, and eval."""
+def _run(
+    ui, rt: RuntimeOptions, out: Path, world_dir: Path, how: str, scenario: str, ratio: float | None, data: str,
+    relocate: _Relocation,
+) -> dict:
+    """Copy the world into ``out`` (the temporary sibling), then score, attenuate, the random-units
+    control, and eval."""
     import json
     import shutil
     import time
@@ -210,7 +240,7 @@ def _run(ui, rt: RuntimeOptions, out: Path, world_dir: Path, how: str, scenario:
     t = time.perf_counter()
     run = api.score(str(paths["base"]), paths["original"], paths["forget"], paths["retain"], params=params,
                     progress=ui.progress, **common)
-    save_score_file(paths["scores"], run.stats, run.result, run.meta, force=False)
+    save_score_file(paths["scores"], run.stats, run.result, relocate.value(run.meta), force=False)
     score_doc = score_document(run, output=str(paths["scores"]), written=True, top=5)
     timings["score_s"] = time.perf_counter() - t
     for warning in run.warnings:

@@ -111,9 +111,9 @@ def eval_(
     sets = {name: s.sample(rt.max_samples, rt.seed) for name, s in sets.items()}
     check_disjoint(sets["forget"], sets["retain"], allow_overlap=allow_overlap)
     # Never write over (or, with --force, delete) anything this run reads.
-    base_path = Path(base) if Path(base).exists() else None
-    inputs = [e.path for e in entries] + [forget, retain, holdout, receipt_key, base_path]
-    protected = [p for p in inputs if p is not None]
+    from ucan_cli.io.receipts import key_path
+
+    protected = [e.path for e in entries] + [forget, retain, holdout, key_path(receipt_key), base, template]
     if out is not None:
         check_output_dir(out, force=force, protected=protected)
     key = fingerprint = None

@@ -17,6 +17,7 @@ import typer
 
 from ucan_cli.errors import InputError
 from ucan_cli.help import UcanCommand, UcanGroup
+from ucan_cli.io.outdir import reading
 from ucan_cli.options import RuntimeOptions, ucan_command
 
 if TYPE_CHECKING:
@@ -173,16 +174,17 @@ def split(
     from ucan_cli.prepare.split import parse_user_ids, read_user_ids_file, split_by_users
 
     ids = parse_user_ids(forget_users) if forget_users_file is None else read_user_ids_file(forget_users_file)
-    result = split_by_users(
-        data,
-        ids,
-        out_dir=output,
-        retain_sample=retain_sample,
-        seed=rt.seed,
-        ignore_missing=ignore_missing,
-        force=force,
-        dry_run=dry_run,
-    )
+    with reading(forget_users_file):  # -o --force must not delete the users file either
+        result = split_by_users(
+            data,
+            ids,
+            out_dir=output,
+            retain_sample=retain_sample,
+            seed=rt.seed,
+            ignore_missing=ignore_missing,
+            force=force,
+            dry_run=dry_run,
+        )
     where = "dry run: nothing written" if dry_run else f"written to {output}"
     if result.missing_user_ids:
         where += f"; {len(result.missing_user_ids)} forget user id(s) had no record: {', '.join(result.missing_user_ids)}"

@@ -115,7 +115,11 @@ def score(
     if output is None and not dry_run:
         raise InputError("-o/--output is required (the score file to write), unless --dry-run")
     if output is not None:
-        _check_output(output, force=force, protected=[adapter, forget, retain, Path(base)])
+        from ucan_cli.io.outdir import check_output
+        from ucan_cli.io.receipts import key_path
+
+        # Never write over anything this run reads (--config is protected by @ucan_command).
+        check_output(output, force=force, protected=[adapter, forget, retain, base, template, key_path(receipt_key)], kind="file")
 
     from ucan_cli import api
 
@@ -157,19 +161,3 @@ def score(
             "unless --accept-weak: retraining without these users is what honours the request"
         )
 
-
-def _check_output(output: Path, *, force: bool, protected: list[Path]) -> None:
-    """Refuse before any work: an existing file without --force, a directory, or an input path."""
-    from ucan_cli.errors import InputError
-
-    resolved = output.resolve()
-    for item in protected:
-        if not item.exists():
-            continue
-        other = item.resolve()
-        if resolved == other or (other.is_dir() and resolved.is_relative_to(other)):
-            raise InputError(f"{output}: the score file would overwrite or land inside the input {item}; choose another -o")
-    if output.is_dir():
-        raise InputError(f"{output}: is a directory; -o names the score file to write")
-    if output.exists() and not force:
-        raise InputError(f"{output}: already exists; pass --force to replace it")

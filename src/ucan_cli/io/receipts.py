@@ -27,6 +27,11 @@ def default_key_path() -> Path:
     return Path(base) / "ucan" / "receipt.key"
 
 
+def key_path(path: str | Path | None = None) -> Path:
+    """The receipt key file a run reads: ``--receipt-key`` or the default."""
+    return Path(path) if path is not None else default_key_path()
+
+
 def load_or_create_key(path: str | Path | None = None) -> bytes:
     """Read the receipt key; create it (0600) when the default path does not exist yet.
 
@@ -34,7 +39,7 @@ def load_or_create_key(path: str | Path | None = None) -> bytes:
     earlier receipts unverifiable.
     """
     explicit = path is not None
-    path = Path(path) if explicit else default_key_path()
+    path = key_path(path)
     if path.is_file():
         key = path.read_bytes().strip()
         if len(key) < 16:

@@ -12,7 +12,10 @@ any parameters, without a forward pass. Layout (schema 1):
   (uint8, N), ``result.eps`` and ``result.eps0`` (float64, M).
 * metadata (strings): ``ucan_format`` = ``ucan-scores``, ``ucan_schema`` = ``1``,
   ``statistics`` (JSON: unit, scope, module_names, n_records per set), ``meta`` (JSON: hashes,
-  receipt, options, versions, counts) and, with scores, ``result`` (JSON: params and summary).
+  receipt, options, versions, counts), with scores ``result`` (JSON: params and summary), and
+  ``ucan_integrity``: the SHA-256 that binds all of the above together (``integrity_hash``), so
+  statistics cannot be moved to another adapter's metadata or edited without ``attenuate``
+  noticing. It is a checksum, not a signature: it catches edits, not a forger who recomputes it.
 
 The file never holds record text, ids or per-record values: only per-unit sums over sets.
 """
@@ -36,6 +39,27 @@ SCHEMA_VERSION = 1
 STAT_FIELDS = ("sum_abs", "sum_sq", "tokens", "rec_sum", "rec_sumsq")
 RESULT_FLOATS = ("R", "R0", "U", "Rh", "Uh", "S", "s", "m1_f", "m1_r", "m2_r")
 RESULT_MASKS = ("live", "eligible", "selected")
+INTEGRITY_KEY = "ucan_integrity"
+_INTEGRITY_DOMAIN = b"ucan-scores-integrity/1\n"
+
+
+def integrity_hash(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
+    """SHA-256 over every metadata entry but ``ucan_integrity`` (key and exact string, keys
+    sorted) and every tensor (name, dtype, shape, size, then its little-endian C-order bytes;
+    names sorted). Each entry's header line is canonical JSON, so no two contents share a hash
+    input."""
+    import hashlib
+
+    digest = hashlib.sha256(_INTEGRITY_DOMAIN)
+    for key in sorted(k for k in metadata if k != INTEGRITY_KEY):
+        digest.update(json.dumps(["meta", key, metadata[key]], separators=(",", ":")).encode() + b"\n")
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        header = ["tensor", name, array.dtype.name, list(array.shape), array.nbytes]
+        digest.update(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+        digest.update(array.reshape(-1).view(np.uint8))  # the bytes, without a copy
+    return digest.hexdigest()
 
 
 def score_file_bytes(stats: Statistics, result: ScoreResult | None, meta: dict) -> bytes:
@@ -75,6 +99,7 @@ def score_file_bytes(stats: Statistics, result: ScoreResult | None, meta: dict) 
         metadata["result"] = json.dumps(
             {"params": asdict(result.params), "summary": result.summary()}, allow_nan=False, sort_keys=True
         )
+    metadata[INTEGRITY_KEY] = integrity_hash(tensors, metadata)
     return canonical_safetensors(save(tensors, metadata=metadata))
 
 
@@ -106,11 +131,21 @@ def load_score_file(path: str | Path) -> tuple[Statistics, dict]:
         raise InputError(
             f"{path}: score file schema {metadata.get('ucan_schema')!r}; this ucan reads schema {SCHEMA_VERSION}"
         )
+    stored = metadata.get(INTEGRITY_KEY)
+    if stored is None:
+        raise InputError(
+            f"{path}: score file has no integrity hash (written by an older ucan); rerun `ucan score` to rewrite it"
+        )
+    if stored != integrity_hash(tensors, metadata):
+        raise InputError(f"{path}: score file was modified after `ucan score` wrote it (integrity hash differs)")
     try:
         header = json.loads(metadata["statistics"])
         meta = json.loads(metadata["meta"])
     except (KeyError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: damaged score file metadata ({exc})") from None
+    for name, value in (("statistics", header), ("meta", meta)):
+        if not isinstance(value, dict):
+            raise InputError(f"{path}: damaged score file: metadata {name!r} is a JSON {type(value).__name__}, not an object")
 
     def tensor(name: str) -> np.ndarray:
         if name not in tensors:
