@@ -1,0 +1,153 @@
+"""Reliability audit (issue 9, item 6): bad inputs, parser errors and security switches.
+
+Every input error is one line ``error: ...`` on stderr naming the file (and line or field where
+there is one), exit 2, before any model loads, with nothing written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_records, write_jsonl
+from test_adapter import hand_adapter
+from test_attenuate_cli import KEY, synthetic_score_file
+from ucan_cli.cli import app
+from ucan_cli.errors import InputError
+
+runner = CliRunner()
+
+
+def _one_line_error(result, pattern: str, code: int = 2) -> None:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not result.stderr.startswith("error: error:"), result.stderr
+    assert re.search(pattern, result.stderr), result.stderr
+    assert "Traceback" not in result.output and "Usage:" not in result.output
+
+
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+    """Input errors must surface before any weights load."""
+    import ucan_cli.io.models as models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model loaded before the input error was found")
+
+    monkeypatch.setattr(models, "load_base_model", refuse)
+
+
+def _attenuate(tmp_path, base, adapter, forget=None, retain=None, extra=()):
+    forget = forget or write_jsonl(tmp_path / "forget.jsonl", make_records(2, user_offset=500))
+    retain = retain or write_jsonl(tmp_path / "retain.jsonl", make_records(8))
+    key = tmp_path / "receipt.key"
+    key.write_text(KEY)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["attenuate", "--base", str(base), "--adapter", str(adapter), "--forget", str(forget), "--retain", str(retain),
+         "-o", str(out), "--receipt-key", str(key), *extra],
+    )
+    return result, out
+
+
+def _nothing_written(out: Path) -> None:
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.*"))
+
+
+def _edited_adapter(tmp_path, source, **changes) -> Path:
+    adapter = tmp_path / "adapter"
+    shutil.copytree(source, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update(changes)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return adapter
+
+
+# ------------------------------------------------------------------ 1. exit 1 where 2 is promised
+
+
+def test_config_r_disagreeing_with_tensors(tmp_path, tiny_models, adapters, no_model_loads):
+    adapter = _edited_adapter(tmp_path, adapters["llama"], r=8)  # the tensors have r = 4
+    result, out = _attenuate(tmp_path, tiny_models["llama"], adapter)
+    _one_line_error(result, r"adapter_config\.json: r=8 for model\.layers\.0\.\S+ but its lora_A has 4 rows")
+    _nothing_written(out)
+
+
+def test_rank_pattern_is_what_r_resolves_to(tmp_path, adapters):
+    """qwen2_rs has r=4 with rank_pattern v_proj: 2; both agree with the tensors, so it loads, and a
+    wrong pattern is named as such."""
+    from ucan_cli.io.adapter import LoraAdapter
+
+    LoraAdapter.load(adapters["qwen2_rs"])
+    adapter = _edited_adapter(tmp_path, adapters["qwen2_rs"], rank_pattern={"self_attn.v_proj": 3})
+    with pytest.raises(InputError, match=r"rank_pattern gives r=3 for model\.layers\.0\.self_attn\.v_proj but its lora_A has 2 rows"):
+        LoraAdapter.load(adapter)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "not_gzip"])
+@pytest.mark.parametrize("kind", ["directory", "missing", "not_utf8", "invalid_toml"])
+# ------------------------------------------------------------------ 2. parser errors are one line
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["score", "--batch-size", "abc", "--base", "b", "--adapter", "a", "--forget", "f", "--retain", "r"],
+         r"ucan score: Invalid value for '--batch-size': .*integer"),
+        (["attenuate", "--lambda", "-1", "--adapter", "a", "-o", "o"], r"ucan attenuate: Invalid value for '--lambda': .*greater than or equal to 0"),
+        (["prepare", "movielens", "--preset", "bogus", "-o", "o"], r"ucan prepare movielens: .*'--preset'.*'bogus'"),
+        (["score", "--adapter", "a"], r"ucan score: Missing option '--base'"),
+        (["inspect"], r"ucan inspect: Missing argument 'adapter'"),
+        (["no-such-command"], r"ucan: No such command 'no-such-command'"),
+        (["inspect", "x", "--no-such-option"], r"ucan inspect: No such option: --no-such-option"),
+    ],
+)
+# ------------------------------------------------------------------ 3. security switches: command line only
+
+
+@pytest.mark.parametrize(
+    "text", ["trust_remote_code = true\n", "allow-pickle = true\n", "[inspect]\ntrust_remote_code = true\n", 'allow_pickle = "yes"\n']
+)
+# ------------------------------------------------------------------ 4. QALoRA and activated LoRA
+
+
+@pytest.mark.parametrize(
+    "change, feature",
+    [({"use_qalora": True}, "QALoRA"), ({"alora_invocation_tokens": [5, 6]}, "activated LoRA")],
+)
+def test_qalora_and_alora_refused_and_flagged(tmp_path, tiny_models, adapters, no_model_loads, change, feature):
+    adapter = _edited_adapter(tmp_path, adapters["llama"], **change)
+    result, out = _attenuate(tmp_path, tiny_models["llama"], adapter)
+    _one_line_error(result, rf"adapter_config\.json: {feature} \({next(iter(change))}\) is not supported")
+    _nothing_written(out)
+    inspected = runner.invoke(app, ["inspect", str(adapter), "--json"])
+    assert inspected.exit_code == 0
+    assert any(feature in f for f in json.loads(inspected.stdout)["unsupported_features"])
+    assert f"unsupported: {feature}" in inspected.stderr
+
+
+def test_qalora_and_alora_off_are_accepted(tmp_path, adapters):
+    from ucan_cli.io.adapter import LoraAdapter
+
+    adapter = _edited_adapter(tmp_path, adapters["llama"], use_qalora=False, alora_invocation_tokens=None, qalora_group_size=16)
+    LoraAdapter.load(adapter).check_supported()
+
+
+# ------------------------------------------------------------------ 5. adapter for another architecture
+
+
+# ------------------------------------------------------------------ 6. bounded lines, streamed records
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.jsonl.gz"])
