@@ -147,6 +147,28 @@ def test_qalora_and_alora_off_are_accepted(tmp_path, adapters):
 # ------------------------------------------------------------------ 5. adapter for another architecture
 
 
+def test_adapter_for_another_architecture(tmp_path, tiny_models, adapters, no_model_loads):
+    """The tiny Qwen2 adapter's modules and shapes all exist in the tiny Llama: only the adapter's
+    auto_mapping.base_model_class tells them apart."""
+    adapter = adapters["qwen2_rs"]
+    assert json.loads((adapter / "adapter_config.json").read_text())["auto_mapping"]["base_model_class"] == "Qwen2ForCausalLM"
+    pattern = r"adapter was trained on Qwen2ForCausalLM .*base model is LlamaForCausalLM"
+    _one_line_error(runner.invoke(app, ["inspect", str(adapter), "--base", str(tiny_models["llama"])]), pattern)
+    result, out = _attenuate(tmp_path, tiny_models["llama"], adapter)
+    _one_line_error(result, pattern)
+    _nothing_written(out)
+    assert runner.invoke(app, ["inspect", str(adapter), "--base", str(tiny_models["qwen2"])]).exit_code == 0
+
+
+def test_adapter_without_auto_mapping_is_checked_by_shapes_only(tmp_path, tiny_models, adapters):
+    config = json.loads((adapters["qwen2_rs"] / "adapter_config.json").read_text())
+    config.pop("auto_mapping")
+    adapter = tmp_path / "adapter"
+    shutil.copytree(adapters["qwen2_rs"], adapter)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert runner.invoke(app, ["inspect", str(adapter), "--base", str(tiny_models["llama"])]).exit_code == 0
+
+
 # ------------------------------------------------------------------ 6. bounded lines, streamed records
 
 
