@@ -95,7 +95,31 @@ def test_rank_pattern_is_what_r_resolves_to(tmp_path, adapters):
         LoraAdapter.load(adapter)
 
 
+def test_deeply_nested_json_line(tmp_path, tiny_models, adapters, no_model_loads):
+    good = json.dumps(make_records(1, user_offset=500)[0])
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text(good + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    result, out = _attenuate(tmp_path, tiny_models["llama"], adapters["llama"], forget=forget)
+    _one_line_error(result, r"forget\.jsonl:2: .*nested too deeply")
+    _nothing_written(out)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "not_gzip"])
+def test_corrupt_gzip(tmp_path, tiny_models, adapters, no_model_loads, damage):
+    raw = gzip.compress("".join(json.dumps(r) + "\n" for r in make_records(200, user_offset=500)).encode())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flipped":
+        raw = raw[:40] + bytes(b ^ 0xFF for b in raw[40:80]) + raw[80:]
+    else:
+        raw = b"plain text, not gzip\n"
+    forget = tmp_path / "forget.jsonl.gz"
+    forget.write_bytes(raw)
+    result, out = _attenuate(tmp_path, tiny_models["llama"], adapters["llama"], forget=forget)
+    _one_line_error(result, r"forget\.jsonl\.gz(:\d+)?: (not a valid gzip file|corrupt gzip data)")
+    _nothing_written(out)
+
+
 @pytest.mark.parametrize("kind", ["directory", "missing", "not_utf8", "invalid_toml"])
 # ------------------------------------------------------------------ 2. parser errors are one line
 
@@ -172,4 +196,57 @@ def test_adapter_without_auto_mapping_is_checked_by_shapes_only(tmp_path, tiny_m
 # ------------------------------------------------------------------ 6. bounded lines, streamed records
 
 
+def test_line_over_the_limit(tmp_path, tiny_models, adapters, no_model_loads):
+    from ucan_cli.io.data import MAX_LINE_BYTES
+
+    big = {**make_records(1, user_offset=600)[0], "notes": "x" * MAX_LINE_BYTES}
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text(json.dumps(make_records(1, user_offset=500)[0]) + "\n" + json.dumps(big) + "\n")
+    result, out = _attenuate(tmp_path, tiny_models["llama"], adapters["llama"], forget=forget)
+    _one_line_error(result, r"forget\.jsonl:2: line is longer than 1 MiB")
+    _nothing_written(out)
+
+
+def test_line_at_the_limit_is_read(tmp_path):
+    from ucan_cli.io.data import MAX_LINE_BYTES, read_records
+
+    record = make_records(1)[0]
+    record["notes"] = ""
+    record["notes"] = "x" * (MAX_LINE_BYTES - len(json.dumps(record)) - 2)  # with "\r\n": exactly the limit
+    path = tmp_path / "r.jsonl"
+    path.write_bytes((json.dumps(record) + "\r\n").encode())
+    assert len(read_records(path)) == 1
+
+
 @pytest.mark.parametrize("name", ["r.jsonl", "r.jsonl.gz"])
+def test_records_stream_without_holding_the_file(tmp_path, name):
+    """A file far larger than its records (lines padded with blanks) is read in bounded memory, and
+    its SHA-256 is still that of the file's bytes."""
+    from ucan_cli.io.data import read_records
+
+    pad = " " * 200_000
+    text = "".join(json.dumps(r) + pad + "\n" for r in make_records(60))  # 12 MB, records of ~200 bytes
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode(), compresslevel=1) if name.endswith(".gz") else text.encode())
+    tracemalloc.start()
+    try:
+        records = read_records(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(records) == 60 and records.records[59].line == 60
+    assert records.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert peak < 3 * 2**20, f"peak {peak / 2**20:.1f} MiB while reading a {len(text) / 2**20:.0f} MB file"
+
+
+def test_records_share_repeated_strings(tmp_path):
+    """Keys and repeated short values (instructions, candidates) are stored once per file."""
+    from ucan_cli.io.data import read_records
+
+    records = read_records(write_jsonl(tmp_path / "r.jsonl", make_records(50, n_candidates=20))).records
+    a, b = records[0], records[1]
+    assert a.fields["instruction"] is b.fields["instruction"]
+    assert next(iter(a.fields)) is next(iter(b.fields))
+    common = set(a.candidates) & set(b.candidates)
+    assert common and {id(c) for c in a.candidates if c in common} == {id(c) for c in b.candidates if c in common}
+    assert type(a.fields["candidates"]) is list  # templates see the record as written
