@@ -121,6 +121,19 @@ def test_corrupt_gzip(tmp_path, tiny_models, adapters, no_model_loads, damage):
 
 
 @pytest.mark.parametrize("kind", ["directory", "missing", "not_utf8", "invalid_toml"])
+def test_bad_config_file(tmp_path, kind):
+    adapter = hand_adapter(tmp_path / "a")
+    config = tmp_path / "ucan.toml"
+    if kind == "directory":
+        config.mkdir()
+    elif kind == "not_utf8":
+        config.write_bytes(b'seed = 1\n# caf\xe9\n')
+    elif kind == "invalid_toml":
+        config.write_text("seed = \n")
+    result = runner.invoke(app, ["inspect", str(adapter), "--config", str(config)])
+    _one_line_error(result, rf"^error: {re.escape(str(config))}: ")
+
+
 # ------------------------------------------------------------------ 2. parser errors are one line
 
 
@@ -143,6 +156,50 @@ def test_corrupt_gzip(tmp_path, tiny_models, adapters, no_model_loads, damage):
 @pytest.mark.parametrize(
     "text", ["trust_remote_code = true\n", "allow-pickle = true\n", "[inspect]\ntrust_remote_code = true\n", 'allow_pickle = "yes"\n']
 )
+def test_config_cannot_set_security_switches(tmp_path, text):
+    adapter = hand_adapter(tmp_path / "a")
+    config = tmp_path / "ucan.toml"
+    config.write_text(text)
+    result = runner.invoke(app, ["inspect", str(adapter), "--config", str(config)])
+    flag = "--trust-remote-code" if "trust" in text else "--allow-pickle"
+    name = flag[2:].replace("-", "_")
+    _one_line_error(result, rf"{re.escape(str(config))}: {name} can only be set on the command line \({flag}\)")
+
+
+def test_config_switches_set_to_false_are_ignored(tmp_path):
+    """ucan_config.toml files written before this change carry both switches as false: they still rerun."""
+    adapter = hand_adapter(tmp_path / "a")
+    config = tmp_path / "ucan.toml"
+    config.write_text("json = true\n[inspect]\nallow_pickle = false\ntrust_remote_code = false\n")
+    result = runner.invoke(app, ["inspect", str(adapter), "--config", str(config)])
+    assert result.exit_code == 0 and json.loads(result.stdout)["totals"]["modules"] == 1
+
+
+def test_writer_and_reader_agree_on_the_switches():
+    from ucan_cli.attenuate_api import _COMMAND_LINE_ONLY
+    from ucan_cli.options import COMMAND_LINE_ONLY
+
+    assert set(_COMMAND_LINE_ONLY) == set(COMMAND_LINE_ONLY)
+
+
+def test_written_config_has_no_security_switches(tmp_path, adapters):
+    forget = write_jsonl(tmp_path / "forget.jsonl", make_records(4, seed=1, user_offset=100))
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    scores = synthetic_score_file(adapters["llama"], tmp_path / "s.safetensors", key, forget, seed=3)
+    first = tmp_path / "first"
+    args = ["attenuate", "--adapter", str(adapters["llama"]), "--scores", str(scores), "--receipt-key", str(key)]
+    result = runner.invoke(app, [*args, "-o", str(first), "--allow-pickle", "--trust-remote-code"])
+    assert result.exit_code == 0, result.stderr
+    text = (first / "ucan_config.toml").read_text()
+    assert "allow_pickle" not in text and "trust_remote_code" not in text
+    assert "\nseed = 0\n" in text and text.startswith("# The resolved options of this run.")
+    # ... and it still reproduces the run byte for byte.
+    result = runner.invoke(app, ["attenuate", "--config", str(first / "ucan_config.toml"), "-o", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "again" / "adapter_model.safetensors").read_bytes() == (first / "adapter_model.safetensors").read_bytes()
+
+
 # ------------------------------------------------------------------ 4. QALoRA and activated LoRA
 
 
