@@ -150,6 +150,27 @@ def test_bad_config_file(tmp_path, kind):
         (["inspect", "x", "--no-such-option"], r"ucan inspect: No such option: --no-such-option"),
     ],
 )
+def test_parser_errors_are_one_line(argv, pattern):
+    _one_line_error(runner.invoke(app, argv), pattern)
+
+
+def test_parser_errors_through_the_console_script():
+    bad = subprocess.run([sys.executable, "-m", "ucan_cli", "eval", "--batch-size", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert re.fullmatch(r"error: ucan eval: Invalid value for '--batch-size': .*greater than or equal to 1\.?\n", bad.stderr), bad.stderr
+    helped = subprocess.run([sys.executable, "-m", "ucan_cli", "score", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--batch-size" in helped.stdout and helped.stderr == ""
+    bare = subprocess.run([sys.executable, "-m", "ucan_cli"], capture_output=True, text=True)
+    assert "Usage" in bare.stdout + bare.stderr and "error:" not in bare.stderr  # no arguments: the help
+
+
+def test_help_and_version_still_work():
+    for argv in (["--help"], ["attenuate", "--help"], ["prepare", "split", "--help"], ["--version"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0 and result.stderr == "", (argv, result.stderr)
+        assert "Usage" in result.stdout or "ucan " in result.stdout
+
+
 # ------------------------------------------------------------------ 3. security switches: command line only
 
 

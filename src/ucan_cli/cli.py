@@ -7,9 +7,16 @@ answer without them.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import sys
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # Typer 0.2x vendors its own click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
 
 from ucan_cli._version import __version__
 from ucan_cli.commands import attenuate as attenuate_cmd
@@ -24,8 +31,40 @@ EPILOG = (
     "4 nothing to do (no eligible unit; nothing written). U-CAN is approximate unlearning with no formal guarantee."
 )
 
+class UcanGroup(TyperGroup):
+    """The root command: parser errors (a bad value, an unknown option or command, a missing
+    option) print one line, ``error: ucan COMMAND: <message>``, and exit 2, like the same mistake
+    made in a ``--config`` file, instead of Typer's usage box. ``--help`` is untouched."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra: Any) -> Any:
+        prog_name = prog_name or "ucan"  # also under ``python -m ucan_cli``
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Not standalone: click raises its errors here instead of rendering them; typer.Exit
+            # (from --help, --version and ucan's own error handling) comes back as its code.
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as exc:  # bare ``ucan`` or ``ucan prepare``: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_exceptions.ClickException as exc:
+            sys.stderr.write(f"error: {_one_line(exc)}\n")
+            sys.exit(exc.exit_code)
+        except click_exceptions.Abort:
+            sys.stderr.write("error: aborted\n")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+def _one_line(exc: click_exceptions.ClickException) -> str:
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"{ctx.command_path}: {message}" if ctx is not None else message
+
+
 app = typer.Typer(
     name="ucan",
+    cls=UcanGroup,
     help=(
         "Make the LoRA adapter of an LLM recommender forget chosen users (U-CAN, arXiv 2602.23400): "
         "score LoRA units by how much more they fire on a forget set than on a retain set, softly attenuate "
