@@ -66,13 +66,23 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
 
 
+#: Never written to ``ucan_config.toml``: ``--config`` refuses them (``options.COMMAND_LINE_ONLY``),
+#: so a rerun from an output must repeat ``--trust-remote-code`` / ``--allow-pickle`` itself.
+_COMMAND_LINE_ONLY = ("trust_remote_code", "allow_pickle")
+
+
 def config_toml(section: str, values: Mapping[str, Any]) -> str:
-    """A TOML table of scalar option values (None left out), loadable with ``--config``."""
+    """A TOML table of scalar option values (None and the security switches left out), loadable
+    with ``--config``."""
     lines = [
         "# The resolved options of this run. Rerun with: ucan attenuate --config ucan_config.toml -o NEW_DIR",
         f"[{section}]",
     ]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+    lines += [
+        f"{key} = {_toml_value(value)}"
+        for key, value in values.items()
+        if value is not None and key not in _COMMAND_LINE_ONLY
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -8,9 +8,15 @@ answer without them.
 from __future__ import annotations
 
 import signal
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
+
+try:  # Typer 0.2x vendors its own click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
 
 from ucan_cli._version import __version__
 from ucan_cli.errors import Terminated
@@ -24,11 +30,43 @@ from ucan_cli.help import UcanCommand, UcanGroup, fast_help
 
 EPILOG = (
     "Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 3 a --fail-if gate failed, "
-    "4 nothing to do (no eligible unit; nothing written). U-CAN is approximate unlearning with no formal guarantee."
+    "4 nothing to do (no eligible unit, or a weak contrast declined; nothing written). U-CAN is approximate unlearning with no formal guarantee."
 )
+
+class RootGroup(UcanGroup):
+    """The root command: parser errors (a bad value, an unknown option or command, a missing
+    option) print one line, ``error: ucan COMMAND: <message>``, and exit 2, like the same mistake
+    made in a ``--config`` file, instead of Typer's usage box. ``--help`` is untouched."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra: Any) -> Any:
+        prog_name = prog_name or "ucan"  # also under ``python -m ucan_cli``
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Not standalone: click raises its errors here instead of rendering them; typer.Exit
+            # (from --help, --version and ucan's own error handling) comes back as its code.
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as exc:  # bare ``ucan`` or ``ucan prepare``: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_exceptions.ClickException as exc:
+            sys.stderr.write(f"error: {_one_line(exc)}\n")
+            sys.exit(exc.exit_code)
+        except click_exceptions.Abort:
+            sys.stderr.write("error: aborted\n")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+def _one_line(exc: click_exceptions.ClickException) -> str:
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"{ctx.command_path}: {message}" if ctx is not None else message
+
 
 app = typer.Typer(
     name="ucan",
+    cls=RootGroup,
     help=(
         "Make the LoRA adapter of an LLM recommender forget chosen users (U-CAN, arXiv 2602.23400): "
         "score LoRA units by how much more they fire on a forget set than on a retain set, softly attenuate "
@@ -38,7 +76,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    cls=UcanGroup,
     rich_markup_mode=None,  # plain help (ucan_cli.help): Rich's help renderer costs more than ucan's start-up budget
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -83,8 +120,6 @@ def main() -> None:
     default for SIGTERM exits without running them). SIGKILL cannot be caught; the next run for
     the same output removes what such a run left (``io.outdir``).
     """
-    import sys
-
     text = fast_help(app, sys.argv[1:])
     if text is not None:
         typer.echo(text)

@@ -30,6 +30,10 @@ PANEL_PERF = "Performance"
 CONTEXT_PARAM = "ucan_context"
 #: Options that exclude each other: one given on the command line drops the other from --config.
 EXCLUSIVE_OPTIONS = (("ratio", "tau"),)
+#: Security switches: a config file (which may come from anyone, or from an earlier output) never
+#: turns them on; only a flag typed on the command line does. Key -> the flag. The library's
+#: ``attenuate_api.config_toml`` never writes them.
+COMMAND_LINE_ONLY = {"trust_remote_code": "--trust-remote-code", "allow_pickle": "--allow-pickle"}
 
 
 @dataclass(frozen=True)
@@ -127,10 +131,16 @@ def _load_config(path: Path, command: str) -> dict:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
+    if path.is_dir():
+        raise InputError(f"{path}: config file is a directory")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: config file is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: invalid TOML ({exc})") from None
     top = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
@@ -138,6 +148,11 @@ def _load_config(path: Path, command: str) -> dict:
     if not isinstance(section, dict):
         raise InputError(f"{path}: [{command}] must be a table")
     own = {k.replace("-", "_"): v for k, v in section.items()}
+    for values in (top, own):
+        for key in COMMAND_LINE_ONLY.keys() & values.keys():
+            # ``false`` (what outputs of ucan 0.x wrote into ucan_config.toml) changes nothing: dropped.
+            if values.pop(key) is not False:
+                raise InputError(f"{path}: {key} can only be set on the command line ({COMMAND_LINE_ONLY[key]})")
     return {"top": top, "own": own}
 
 

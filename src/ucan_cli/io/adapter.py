@@ -36,7 +36,22 @@ _UNSUPPORTED = (
     ("target_parameters", "LoRA on parameters (target_parameters)", lambda v: bool(v)),
     ("trainable_token_indices", "trainable tokens (trainable_token_indices)", lambda v: bool(v)),
     ("layer_replication", "layer replication (layer_replication)", lambda v: bool(v)),
+    # Recent PEFT: QALoRA pools the input into groups before A, and activated LoRA (aLoRA) only
+    # acts after its invocation tokens; in both the update is not c * B @ A on every token.
+    ("use_qalora", "QALoRA (use_qalora)", lambda v: bool(v)),
+    ("alora_invocation_tokens", "activated LoRA (alora_invocation_tokens)", lambda v: bool(v)),
 )
+
+
+def _as_rank(value) -> int | None:
+    """A config rank as an int (None when it is not a whole number, which never equals a shape)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def natural_key(name: str) -> list:
@@ -164,6 +179,7 @@ class LoraAdapter:
         alpha_pattern = cfg.get("alpha_pattern") or {}
         default_alpha = cfg.get("lora_alpha", 8)
         use_rslora = bool(cfg.get("use_rslora", False))
+        default_r = cfg.get("r", 8)  # PEFT's LoraConfig default
         found: dict[str, dict[str, str]] = {}
         for key in self.tensors:
             match = re.match(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)\.(?P<what>weight|bias)$", key)
@@ -191,10 +207,15 @@ class LoraAdapter:
             alpha_key = get_pattern_key(alpha_pattern.keys(), name)
             alpha = float(alpha_pattern.get(alpha_key, default_alpha))
             rank_key = get_pattern_key(rank_pattern.keys(), name)
-            if rank_key in rank_pattern and int(rank_pattern[rank_key]) != A.shape[0]:
+            if rank_key in rank_pattern:
+                declared, source = rank_pattern[rank_key], "rank_pattern gives "
+            else:
+                declared, source = default_r, ""
+            # PEFT builds the layer at the declared r and then fails on the state dict, after the
+            # model has loaded; catch the disagreement here, before anything loads.
+            if declared is not None and _as_rank(declared) != A.shape[0]:
                 raise InputError(
-                    f"{self.path / CONFIG_NAME}: rank_pattern gives r={rank_pattern[rank_key]} for {name} "
-                    f"but its lora_A has {A.shape[0]} rows"
+                    f"{self.path / CONFIG_NAME}: {source}r={declared} for {name} but its lora_A has {A.shape[0]} rows"
                 )
             bias_key = keys.get("lora_B.bias")
             modules.append(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +25,14 @@ from ucan_cli.errors import InputError
 HALVES = ("auto", "users", "records")
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
 DATASETS_SUFFIXES = (".parquet", ".arrow")
+#: The longest line a JSONL file may have, line ending included (docs/data-format.md). A record
+#: this long is far past any --max-length; a longer line is refused before it is parsed.
+MAX_LINE_BYTES = 1 << 20
+#: Strings up to this length are stored once per file (keys, instructions, candidate names).
+SHARED_STRING_CHARS = 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One validated record. ``line`` is the 1-based line (or row) it came from."""
 
@@ -182,10 +187,63 @@ def validate_record(obj, path: Path, line: int) -> Record:
     )
 
 
-def _iter_jsonl(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    for lineno, line_bytes in enumerate(io.BytesIO(raw), start=1):
+class _HashingReader:
+    """A binary file whose bytes feed a SHA-256 as they are read (so the file is read once)."""
+
+    def __init__(self, handle, digest):
+        self.handle, self.digest, self.mode = handle, digest, "rb"
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self.handle.readline(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _gzip_problem(path: Path, lineno: int, exc: BaseException) -> InputError:
+    detail = str(exc) or type(exc).__name__
+    if lineno == 1:
+        return InputError(f"{path}: not a valid gzip file ({detail})")
+    return InputError(f"{_where(path, lineno)}: corrupt gzip data ({detail})")
+
+
+def _iter_lines(path: Path, digest) -> Iterator[tuple[int, bytes]]:
+    """The raw lines of a JSONL file (gzip decompressed), one at a time, each at most
+    ``MAX_LINE_BYTES``; the file's bytes go through ``digest`` on the way."""
+    with open(path, "rb") as handle:
+        raw = _HashingReader(handle, digest)
+        source = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
+        lineno = 0
+        while True:
+            lineno += 1
+            try:
+                line = source.readline(MAX_LINE_BYTES + 1)
+            except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+                raise _gzip_problem(path, lineno, exc) from None
+            if not line:
+                break
+            if len(line) > MAX_LINE_BYTES:
+                raise InputError(
+                    f"{_where(path, lineno)}: line is longer than 1 MiB ({MAX_LINE_BYTES} bytes), the most ucan reads "
+                    "as one record"
+                )
+            yield lineno, line
+        raw.drain()  # the whole file's SHA-256, whatever the gzip reader left unread
+
+
+def _iter_jsonl(path: Path, digest) -> Iterator[tuple[int, object]]:
+    shared: dict[str, str] = {}
+    for lineno, line_bytes in _iter_lines(path, digest):
+        if lineno == 1 and line_bytes.startswith(b"\xef\xbb\xbf"):
+            line_bytes = line_bytes[3:]
         try:
             text = line_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -194,9 +252,28 @@ def _iter_jsonl(path: Path, raw: bytes) -> Iterator[tuple[int, object]]:
         if not text:
             continue
         try:
-            yield lineno, json.loads(text)
+            obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{_where(path, lineno)}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise InputError(f"{_where(path, lineno)}: invalid JSON (nested too deeply)") from None
+        yield lineno, _share_strings(obj, shared) if isinstance(obj, dict) else obj
+
+
+def _share_strings(obj: dict, shared: dict[str, str]) -> dict:
+    """The record with its keys and short string values (and list items) replaced by one shared
+    copy per file: every record of a file repeats the same keys, and usually the instruction and
+    candidate names, which ``json.loads`` allocates afresh for each line."""
+
+    get, limit, out = shared.setdefault, SHARED_STRING_CHARS, {}
+    for key, value in obj.items():
+        if type(value) is str:
+            if len(value) <= limit:
+                value = get(value, value)
+        elif type(value) is list:
+            value = [get(v, v) if type(v) is str and len(v) <= limit else v for v in value]
+        out[get(key, key)] = value
+    return out
 
 
 def _iter_datasets(path: Path) -> Iterator[tuple[int, object]]:
@@ -229,14 +306,7 @@ def read_records(path: str | Path, role: str = "data") -> RecordSet:
         items: Iterable[tuple[int, object]] = _iter_datasets(path)
         digest.update(str(path.resolve()).encode())
     else:
-        raw = path.read_bytes()
-        digest.update(raw)
-        if path.name.endswith(".gz"):
-            try:
-                raw = gzip.decompress(raw)
-            except (OSError, EOFError) as exc:
-                raise InputError(f"{path}: not a valid gzip file ({exc})") from None
-        items = _iter_jsonl(path, raw)
+        items = _iter_jsonl(path, digest)  # streamed: one line in memory at a time
     records: list[Record] = []
     seen_ids: dict[str, int] = {}
     for line, obj in items:

@@ -185,8 +185,41 @@ def load_base_model(
     return model
 
 
+#: Head suffixes of transformers model classes: ``Qwen2ForCausalLM`` and ``Qwen2Model`` are one family.
+_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSequenceClassification", "PreTrainedModel", "Model")
+
+
+def architecture_family(class_name: str) -> str:
+    """``LlamaForCausalLM`` -> ``Llama``; ``GPT2LMHeadModel`` -> ``GPT2`` (compared case-insensitively)."""
+    for head in _HEADS:
+        if class_name.endswith(head) and len(class_name) > len(head):
+            return class_name[: -len(head)].lower()
+    return class_name.lower()
+
+
+def check_adapter_architecture(adapter, model) -> None:
+    """The class PEFT recorded when the adapter was saved (``auto_mapping.base_model_class``) must
+    be of the base model's family (its class, or ``architectures`` in its config.json). Two
+    architectures can share every module name and shape (a Qwen2 adapter fits a Llama base of the
+    same size) while computing different things. Adapters without ``auto_mapping`` (saved with a
+    ``task_type``) are checked by shapes only."""
+    mapping = adapter.config.get("auto_mapping")
+    trained_on = mapping.get("base_model_class") if isinstance(mapping, dict) else None
+    if not isinstance(trained_on, str) or not trained_on:
+        return
+    config = getattr(model, "config", None)
+    names = [type(model).__name__, *(getattr(config, "architectures", None) or [])]
+    if architecture_family(trained_on) not in {architecture_family(name) for name in names}:
+        base = next((n for n in names[1:] if n), names[0])
+        raise InputError(
+            f"{adapter.path}: the adapter was trained on {trained_on} (adapter_config.json auto_mapping) but the "
+            f"base model is {base}; is this adapter for another base?"
+        )
+
+
 def check_adapter_matches_base(adapter, model) -> None:
-    """Every adapted module must exist in the base with matching shapes (exit 2 naming it)."""
+    """Every adapted module must exist in the base with matching shapes (exit 2 naming it), and
+    then the adapter's recorded architecture must be the base's (``check_adapter_architecture``)."""
     named = dict(model.named_modules())
     for module in adapter.modules:
         target = named.get(module.name)
@@ -205,6 +238,7 @@ def check_adapter_matches_base(adapter, model) -> None:
                 f"{adapter.path}: module {module.name}: LoRA update is {module.d_out}x{module.d_in} but the base "
                 f"layer is {d_out}x{d_in}; is this adapter for another base?"
             )
+    check_adapter_architecture(adapter, model)
 
 
 def attach_adapter(model, adapter_dir: str | Path, *, adapter_name: str = "default"):
