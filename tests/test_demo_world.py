@@ -140,10 +140,13 @@ def test_small_world_builds_and_the_original_memorizes(tmp_path):
     manifest = json.loads((path / "world.json").read_text())
     memo = manifest["memorization"]
     o, r = memo["original"], memo["reference"]
-    # The original memorized forget records the reference never saw ...
+    # The original memorized forget records the reference never saw ... Trained here, so CPU-
+    # dependent; measured over world seeds 0-2 x torch threads 1, 2: recall@1 gap to the reference
+    # 0.79..0.85, to the own holdout 0.67..0.77, MIA AUC original 0.82..0.90 and reference
+    # 0.33..0.50, retain recall@5 difference 0.0.
     assert o["forget"]["recall@1"] >= r["forget"]["recall@1"] + 0.4
     assert o["forget"]["recall@1"] >= o["holdout_forget_users"]["recall@1"] + 0.3
-    assert o["mia_auc_forget_vs_own_holdout"] >= 0.75 > r["mia_auc_forget_vs_own_holdout"]
+    assert o["mia_auc_forget_vs_own_holdout"] >= 0.7 > r["mia_auc_forget_vs_own_holdout"]
     # ... while both know the retain users alike.
     assert abs(o["retain"]["recall@5"] - r["retain"]["recall@5"]) <= 0.05
     adapter_config = json.loads((path / "original" / "adapter_config.json").read_text())

@@ -24,7 +24,10 @@ def test_training_lowers_loss_and_reloads(tmp_path, tiny_models, tokenizer):
     config = TrainConfig(r=4, alpha=8, epochs=4, lr=1e-2, batch_size=8, seed=0)
     result = train_lora(base, tokenizer, records, tmp_path / "adapter", config)
     assert len(result.epoch_losses) == 4 and result.steps == 16
-    assert result.epoch_losses[-1] < result.epoch_losses[0] - 0.2
+    # Trained here, so the numbers vary by CPU: epoch loss drop measured 0.266..0.282 nats and NLL
+    # drop 0.339..0.355 over training seeds 0-4 x threads 1, 2 x 1e-6 relative noise on the base
+    # weights. Untrained or wrongly masked training moves neither.
+    assert result.epoch_losses[-1] < result.epoch_losses[0] - 0.15
     # The base is unwrapped and unchanged; the adapter reloads in PEFT and carries the fit.
     assert all(torch.equal(base_weights[k], v) for k, v in base.state_dict().items())
     adapter = LoraAdapter.load(tmp_path / "adapter")
