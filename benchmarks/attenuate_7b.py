@@ -30,12 +30,12 @@ from ucan_cli.toy import llama2_7b_shaped_adapter
 
 def make_score_file(adapter_dir: Path, path: Path, key: bytes, unit: str = "output") -> Path:
     """Synthetic statistics for every unit of the adapter, saved with ``save_score_file``."""
-    from ucan_cli.activations import Statistics
-    from ucan_cli.attenuation import units_per_module
+    from ucan_cli.methods.ucan.statistics import Statistics
+    from ucan_cli.methods.ucan.edit import units_per_module
     from ucan_cli.io.adapter import LoraAdapter
     from ucan_cli.io.receipts import hmac_hex, key_fingerprint
-    from ucan_cli.io.scorefile import save_score_file
-    from ucan_cli.scoring import SetStats
+    from ucan_cli.methods.ucan.scorefile import save_score_file
+    from ucan_cli.methods.ucan.scoring import SetStats
 
     adapter = LoraAdapter.load(adapter_dir)
     layout = units_per_module(adapter, unit)
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     layers = 4 if args.quick else 32
 
-    from ucan_cli.attenuate_api import attenuate
+    from ucan_cli.flows.attenuate import attenuate
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

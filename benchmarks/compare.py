@@ -7,7 +7,7 @@ forget/retain/holdout JSONL), with the method defaults of ``ucan_cli.method_opti
 - ``w/o C`` (``--no-contrast``), ``w/o F`` (``--no-utility``), ``w/o H`` (``--decay hard``);
 - ``random``: as many units as U-CAN edits (its #(s < 1)), drawn uniformly from the live units
   with a seeded RNG, given a random permutation of U-CAN's own factors (the same multiset, hence
-  the same budget sum(1 - s)), applied with ``ucan_cli.attenuation.apply_factors``; ``--draws``
+  the same budget sum(1 - s)), applied with ``ucan_cli.methods.ucan.edit.apply_factors``; ``--draws``
   independent draws, reported one by one and as their mean;
 - the original, the retrained reference and the base alone, for scale.
 
@@ -95,7 +95,7 @@ def random_units(bench: Bench, att: dict, draw: int) -> tuple[Path, dict]:
     """An adapter with U-CAN's factor multiset on as many live units drawn uniformly (seeded)."""
     import numpy as np
 
-    from ucan_cli.attenuation import apply_factors, unit_factors_by_module
+    from ucan_cli.methods.ucan.edit import apply_factors, unit_factors_by_module
     from ucan_cli.io.adapter import LoraAdapter
 
     result, stats = att["result"], att["stats"]
@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from ucan_cli.io.models import hf_quiet
+    from ucan_cli.runtime.models import hf_quiet
 
     torch.set_num_threads(args.threads)
     size = args.size or ("small" if args.quick else "default")

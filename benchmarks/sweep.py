@@ -1,9 +1,9 @@
 """Tune U-CAN's method defaults on a demo world: statistics once, every configuration from a score file.
 
-For each (unit, token scope) the forward passes of step 1 run once (``ucan_cli.api.score``) and
+For each (unit, token scope) the forward passes of step 1 run once (``ucan_cli.flows.score.score``) and
 the statistics are kept in a score file; every configuration then redoes steps 2-6 from that file
 (``ucan_cli.attenuate(scores=...)``, a few milliseconds) and the resulting adapters are evaluated
-with ``ucan_cli.evaluate.evaluate`` next to the original and the retrained reference (the base
+with ``ucan_cli.evaluation.run.evaluate`` next to the original and the retrained reference (the base
 loads once; several adapters share each evaluation's batches, so a configuration costs one
 adapter's forward passes over D_f, D_r and D_h).
 
@@ -97,7 +97,7 @@ class Config:
 
     def params(self):
         """The ``MethodParams`` of this configuration (validated)."""
-        from ucan_cli.scoring import MethodParams
+        from ucan_cli.methods.ucan.scoring import MethodParams
 
         return MethodParams(
             lam=self.lam, t_risk=self.t_risk, min_gap=self.min_gap, ratio=self.ratio, tau=None, decay=self.decay,
@@ -168,7 +168,7 @@ def resolve_world(world: str | None, seed: int, scenario: str, size: str) -> Pat
 def open_bench(world: Path, work: Path) -> Bench:
     """Load the base model and tokenizer once, read the record sets, make a receipt key in ``work``."""
     from ucan_cli.io.data import read_records
-    from ucan_cli.io.models import load_base_model, load_tokenizer
+    from ucan_cli.runtime.models import load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(world / "base"))
     model = load_base_model(str(world / "base"), device="cpu", dtype="float32")
@@ -188,8 +188,8 @@ def score_file(bench: Bench, unit: str, scope: str, params=None) -> Path:
     ``params`` (default: the start configuration's) only set the verdict and scores stored with
     the statistics; every configuration redoes steps 2-6 from the statistics.
     """
-    from ucan_cli.api import score
-    from ucan_cli.io.scorefile import save_score_file
+    from ucan_cli.flows.score import score
+    from ucan_cli.methods.ucan.scorefile import save_score_file
 
     if (unit, scope) in bench.score_files:
         return bench.score_files[(unit, scope)]
@@ -209,7 +209,7 @@ def score_file(bench: Bench, unit: str, scope: str, params=None) -> Path:
 
 def attenuate_config(bench: Bench, config: Config) -> dict:
     """Steps 2-6 from the score file into a new adapter dir; ``status`` ok or nothing-to-do."""
-    from ucan_cli.attenuate_api import attenuate
+    from ucan_cli.flows.attenuate import attenuate
     from ucan_cli.errors import NothingToDo
 
     scores = score_file(bench, config.unit, config.scope)
@@ -226,7 +226,7 @@ def attenuate_config(bench: Bench, config: Config) -> dict:
 
 def evaluate_dirs(bench: Bench, dirs: Sequence[Path], *, bootstrap: int = 0, include_base: bool = False):
     """One ``evaluate`` of the original, ``dirs`` and the reference on D_f, D_r, D_h (same batches)."""
-    from ucan_cli.evaluate import adapter_entries, evaluate
+    from ucan_cli.evaluation.run import adapter_entries, evaluate
 
     entries = adapter_entries(bench.original, list(dirs), reference=bench.reference, include_base=include_base)
     return evaluate(
@@ -587,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from ucan_cli.io.models import hf_quiet
+    from ucan_cli.runtime.models import hf_quiet
 
     torch.set_num_threads(args.threads)
     size = args.size or ("small" if args.quick else "default")

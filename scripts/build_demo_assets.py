@@ -6,8 +6,8 @@
 Each world is built exactly as ``ucan demo --rebuild`` builds it (``cache.ensure_world`` into a
 scratch cache: the second scenario reuses the first's base model and original adapter), then
 packed reproducibly (sorted names, zero times and owners). Archives carry the cache key, which
-includes a fingerprint of ``demo/world.py`` and ``demo/build.py``: after changing either file,
-run this script, or the demo ignores the stale archives and builds the world on first use.
+holds ``cache.SYNTHETIC_REVISION``: after a change that alters a world's records or weights, bump
+it and run this script, or the demo ignores the stale archives and builds the world on first use.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Step 1 statistics (ucan_cli.activations) against a brute-force reference, and their invariances.
+"""Step 1 statistics (ucan_cli.methods.ucan.statistics) against a brute-force reference, and their invariances.
 
 The reference runs every record alone (no padding), captures the input x of each LoRA layer with
 a pre-hook, computes a = A x (rank units) or c B A x (output units) in float64 from the adapter
@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from conftest import make_records, write_jsonl
-from ucan_cli.activations import Statistics, collect_statistics, find_lora_layers, method_inputs, scope_token_count
+from ucan_cli.methods.ucan.statistics import Statistics, collect_statistics, find_lora_layers, method_inputs, scope_token_count
 from ucan_cli.errors import NothingToDo
 from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.data import read_records
-from ucan_cli.io.models import attach_adapter, load_base_model
+from ucan_cli.runtime.models import attach_adapter, load_base_model
 from ucan_cli.io.prompts import PromptFormatter
 from ucan_cli.io.tokenize import encode_set, pad_token_id
-from ucan_cli.scoring import MethodParams, compute_scores
+from ucan_cli.methods.ucan.scoring import MethodParams, compute_scores
 
 ARCHS = {"llama": "llama", "gpt2": "gpt2"}  # model -> adapter fixture key
 FIELDS = ("sum_abs", "sum_sq", "tokens", "rec_sum", "rec_sumsq")
@@ -273,7 +273,7 @@ def test_statistics_reject_inconsistent_shapes(world):
 @pytest.mark.parametrize("scope", ["response", "all"])
 def test_gather_and_dense_reductions_agree(world, monkeypatch, unit, scope):
     """The two per-row reductions (gather + one-hot product, masked dense sum) give the same sums."""
-    import ucan_cli.activations as act
+    import ucan_cli.methods.ucan.statistics as act
 
     w = world["gpt2"]
     monkeypatch.setattr(act, "DENSE_THRESHOLD", 10**9)  # always gather

@@ -69,7 +69,7 @@ def test_scaling_matches_peft_layers(adapters, tiny_models):
     """Our resolved scaling equals what PEFT itself builds for every module."""
     from transformers import AutoModelForCausalLM
 
-    from ucan_cli.io.models import attach_adapter
+    from ucan_cli.runtime.models import attach_adapter
 
     adapter = LoraAdapter.load(adapters["qwen2_rs"])
     model = attach_adapter(AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"], dtype=torch.float32), adapters["qwen2_rs"])

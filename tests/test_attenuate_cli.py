@@ -51,13 +51,13 @@ def synthetic_score_file(
     """A score file with plausible statistics for ``adapter_dir``: retain-like forget statistics
     except ``planted`` units whose forget activation is ``boost`` times higher (``boost=1``: a
     forget set indistinguishable from retain)."""
-    from ucan_cli.activations import Statistics
-    from ucan_cli.attenuation import units_per_module
+    from ucan_cli.methods.ucan.statistics import Statistics
+    from ucan_cli.methods.ucan.edit import units_per_module
     from ucan_cli.io.adapter import LoraAdapter
     from ucan_cli.io.data import read_records
     from ucan_cli.io.receipts import key_fingerprint, load_or_create_key, set_receipt
-    from ucan_cli.io.scorefile import save_score_file
-    from ucan_cli.scoring import MethodParams, SetStats
+    from ucan_cli.methods.ucan.scorefile import save_score_file
+    from ucan_cli.methods.ucan.scoring import MethodParams, SetStats
 
     adapter = LoraAdapter.load(adapter_dir)
     layout = units_per_module(adapter, unit)
@@ -231,7 +231,7 @@ def test_planted_units_attenuated_and_nothing_else(planted, planted_run):
 
 
 def test_sequential_requests_compose_and_chain(planted, planted_run):
-    from ucan_cli.attenuate_api import attenuate
+    from ucan_cli.flows.attenuate import attenuate
     from ucan_cli.io.adapter import LoraAdapter
 
     out2 = planted / "out2"
@@ -320,11 +320,11 @@ def test_trained_adapters_forget_more_than_they_lose(tmp_path, tokenizer):
 def _trained_check(tmp_path, tokenizer, retain_items, forget_items, seed) -> tuple[float, float]:
     """Train one adapter (training seed ``seed``), attenuate it; return the rise in the mean
     response NLL on forget and on retain (nats)."""
-    from ucan_cli.attenuate_api import attenuate
+    from ucan_cli.flows.attenuate import attenuate
     from ucan_cli.io.data import read_records
-    from ucan_cli.io.models import attach_adapter
+    from ucan_cli.runtime.models import attach_adapter
     from ucan_cli.toy import build_model
-    from ucan_cli.train import TrainConfig, mean_response_nll, train_lora
+    from ucan_cli.training import TrainConfig, mean_response_nll, train_lora
 
     def make_base():
         model = build_model("llama", tokenizer, None, seed=1, hidden=32)
@@ -432,7 +432,7 @@ def test_conv1d_bf16_output_units_in_peft(tmp_path, tiny_models, adapters, score
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ucan_cli.attenuate_api import attenuate
+    from ucan_cli.flows.attenuate import attenuate
     from ucan_cli.io.adapter import LoraAdapter
 
     bf16 = tmp_path / "gpt2_bf16"
@@ -565,7 +565,7 @@ def test_refusals_and_nothing_to_do(tmp_path, adapters, scored):
 def test_method_options_defaults_and_merge():
     from ucan_cli.errors import InputError
     from ucan_cli.method_options import DEFAULTS, params_from_options, params_to_dict
-    from ucan_cli.scoring import MethodParams
+    from ucan_cli.methods.ucan.scoring import MethodParams
 
     defaults = params_to_dict(MethodParams())
     assert {k: v for k, v in DEFAULTS.items() if k not in ("token_scope", "halves")} == defaults

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ucan_cli.attenuation import apply_factors, total_norms, unit_factors_by_module, units_per_module
+from ucan_cli.methods.ucan.edit import apply_factors, total_norms, unit_factors_by_module, units_per_module
 from ucan_cli.errors import UcanRuntimeError
 from ucan_cli.io.adapter import LoraAdapter
 

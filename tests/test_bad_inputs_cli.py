@@ -65,7 +65,7 @@ def _assert_input_error(result, out, pattern):
 
 @pytest.mark.parametrize("lines, pattern", BAD_FORGET, ids=[p.split(": ", 1)[-1][:30] for _, p in BAD_FORGET])
 def test_bad_forget_file(tmp_path, tiny_models, adapters, lines, pattern, monkeypatch):
-    import ucan_cli.io.models as models
+    import ucan_cli.runtime.models as models
 
     def refuse(*args, **kwargs):  # input errors must surface before any weights load
         raise AssertionError("a model loaded before the input error was found")

@@ -116,7 +116,7 @@ def test_usage_errors_exit_2():
 
 
 def test_hub_id_fails_fast_offline(monkeypatch):
-    from ucan_cli.io.models import load_tokenizer
+    from ucan_cli.runtime.models import load_tokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
@@ -126,7 +126,7 @@ def test_hub_id_fails_fast_offline(monkeypatch):
 
 
 def test_unreachable_hub_message(monkeypatch, tmp_path):
-    from ucan_cli.io.models import load_tokenizer
+    from ucan_cli.runtime.models import load_tokenizer
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
@@ -139,7 +139,7 @@ def test_unreachable_hub_message(monkeypatch, tmp_path):
 
 
 def test_pickle_only_base_refused(tmp_path):
-    from ucan_cli.io.models import load_base_model
+    from ucan_cli.runtime.models import load_base_model
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"not really")
@@ -150,7 +150,7 @@ def test_pickle_only_base_refused(tmp_path):
 def test_device_and_dtype_resolution():
     import torch
 
-    from ucan_cli.io.models import resolve_device, resolve_dtype
+    from ucan_cli.runtime.models import resolve_device, resolve_dtype
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
@@ -182,9 +182,9 @@ def test_python_api_exports_are_lazy_and_real():
     code = (
         "import sys, ucan_cli; assert 'torch' not in sys.modules; "
         "from ucan_cli import score, attenuate, MethodParams; "
-        "import ucan_cli.api, ucan_cli.attenuate_api, ucan_cli.evaluate; "
-        "assert score is ucan_cli.api.score and attenuate is ucan_cli.attenuate_api.attenuate; "
-        "assert callable(ucan_cli.evaluate.evaluate); print('ok')"
+        "import ucan_cli.flows.score, ucan_cli.flows.attenuate, ucan_cli.evaluation.run; "
+        "assert score is ucan_cli.flows.score.score and attenuate is ucan_cli.flows.attenuate.attenuate; "
+        "assert callable(ucan_cli.evaluation.run.evaluate); print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

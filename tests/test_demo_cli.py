@@ -120,7 +120,7 @@ def test_existing_output_is_refused_and_force_replaces_it(group_run, env, tmp_pa
 
 
 def test_a_failing_step_leaves_the_old_output_in_place(group_run, env, tmp_path, monkeypatch):
-    import ucan_cli.attenuate_api as attenuate_api
+    import ucan_cli.flows.attenuate as attenuate_api
     from ucan_cli.errors import UcanRuntimeError
 
     def broken(*args, **kwargs):

@@ -179,14 +179,14 @@ def test_cache_root_follows_the_platform_conventions(monkeypatch, tmp_path):
     monkeypatch.setattr(cache.sys, "platform", "darwin")
     assert cache.cache_root() == cache.Path.home() / "Library" / "Caches" / "ucan"
     key = cache.world_key(2, "random")
-    assert key.endswith("/world-default-seed2-random") and key.startswith("ucan-")
+    assert key == f"rev{cache.SYNTHETIC_REVISION}/world-default-seed2-random"
     assert cache.world_path(2, "random", root=tmp_path) == tmp_path / "demo" / key
 
 
 def test_an_incomplete_or_foreign_world_is_not_complete(tmp_path):
     key = cache.world_key(0, "group", "small")
     assert not cache.is_complete(tmp_path, key)
-    (tmp_path / "world.json").write_text(json.dumps({"key": "ucan-0.0.0-000000000000/other"}))
+    (tmp_path / "world.json").write_text(json.dumps({"key": "rev0/other"}))
     assert not cache.is_complete(tmp_path, key)
     (tmp_path / "world.json").write_text(json.dumps({"key": key}))
     assert cache.is_complete(tmp_path, key)

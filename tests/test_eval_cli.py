@@ -103,8 +103,8 @@ def world(tiny_models, tokenizer, tmp_path_factory):
     """A trained original (forget + retain), a reference (retain only), two unlearned copies and data."""
     from ucan_cli.io.adapter import LoraAdapter
     from ucan_cli.io.data import read_records
-    from ucan_cli.io.models import load_base_model
-    from ucan_cli.train import TrainConfig, train_lora
+    from ucan_cli.runtime.models import load_base_model
+    from ucan_cli.training import TrainConfig, train_lora
 
     root = tmp_path_factory.mktemp("eval_world")
     base = tiny_models["llama"]

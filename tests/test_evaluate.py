@@ -1,4 +1,4 @@
-"""ucan_cli.evaluate on tiny models: candidate scores and NLL against a manual token-by-token sum,
+"""ucan_cli.evaluation.run on tiny models: candidate scores and NLL against a manual token-by-token sum,
 the full-vocabulary fallbacks against a manual KL, adapter swapping against dedicated models,
 and the structure of an EvalResult (self-comparison, references, holdout scope, bad inputs)."""
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import ITEMS, make_records, write_jsonl
 
-from ucan_cli import metrics as M
+from ucan_cli.evaluation import metrics as M
 from ucan_cli.errors import InputError
-from ucan_cli.evaluate import MODE_MULTI, MODE_SINGLE, MODE_VOCAB, adapter_entries, evaluate, score_set
+from ucan_cli.evaluation.run import MODE_MULTI, MODE_SINGLE, MODE_VOCAB, adapter_entries, evaluate, score_set
 from ucan_cli.io.data import read_records
 from ucan_cli.io.prompts import PromptFormatter
 
@@ -63,7 +63,7 @@ def records(tmp_path: Path, name: str, rows: list[dict]):
 
 @pytest.fixture(scope="module")
 def llama(tiny_models):
-    from ucan_cli.io.models import load_base_model
+    from ucan_cli.runtime.models import load_base_model
 
     return load_base_model(str(tiny_models["llama"]), device="cpu", dtype="float32")
 
@@ -81,7 +81,7 @@ def scaled_adapter(adapters, tmp_path_factory):
 
 def fresh_with_adapter(tiny_models, adapter_dir):
     """A separately loaded base model with one adapter attached (no swapping involved)."""
-    from ucan_cli.io.models import attach_adapter, load_base_model
+    from ucan_cli.runtime.models import attach_adapter, load_base_model
 
     base = load_base_model(str(tiny_models["llama"]), device="cpu", dtype="float32")
     return base if adapter_dir is None else attach_adapter(base, adapter_dir)
@@ -136,7 +136,7 @@ def test_candidate_scores_equal_manual_sum(tmp_path, tokenizer, llama, kind, pad
 
 
 def test_left_padding_with_absolute_positions_gpt2(tmp_path, tokenizer, tiny_models):
-    from ucan_cli.io.models import load_base_model
+    from ucan_cli.runtime.models import load_base_model
 
     gpt2 = load_base_model(str(tiny_models["gpt2"]), device="cpu", dtype="float32")
     rs = records(tmp_path, "data", item_rows(6, seed=3))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ucan_cli.errors import InputError
-from ucan_cli.gates import Gate, check_gates, failure_summary, parse_gate, parse_gates
+from ucan_cli.evaluation.gates import Gate, check_gates, failure_summary, parse_gate, parse_gates
 
 KS = (1, 5, 10)
 

@@ -1,4 +1,4 @@
-"""Hand-computed checks of ucan_cli.metrics (SPEC section 4).
+"""Hand-computed checks of ucan_cli.evaluation.metrics (SPEC section 4).
 
 Every expected number below was worked out by hand (the arithmetic is in the comments), not by
 re-running the formula under test.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ucan_cli.errors import InputError
-from ucan_cli.metrics import (
+from ucan_cli.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_diff_ci,
     candidate_log_probs,

@@ -45,7 +45,7 @@ def test_pinned_score_file_is_the_one_this_test_pins():
 
 
 def test_attenuate_from_the_pinned_score_file_gives_the_pinned_adapter(world, tmp_path):
-    from ucan_cli.attenuate_api import attenuate
+    from ucan_cli.flows.attenuate import attenuate
 
     key = tmp_path / "key"
     key.write_text("pinned-test-receipt-key-0123456789\n")
@@ -56,16 +56,16 @@ def test_attenuate_from_the_pinned_score_file_gives_the_pinned_adapter(world, tm
 
 
 def test_score_file_round_trip_is_byte_identical(tmp_path):
-    from ucan_cli.io.scorefile import load_score_file, save_score_file
+    from ucan_cli.methods.ucan.scorefile import load_score_file, save_score_file
     from safetensors import safe_open
 
     stats, meta = load_score_file(PINNED_SCORES)
     with safe_open(str(PINNED_SCORES), "np") as handle:
         result_meta = handle.metadata()
     assert stats.unit == "output" and meta["halves"] == "users" and "result" in result_meta
-    from ucan_cli.activations import method_inputs
+    from ucan_cli.methods.ucan.statistics import method_inputs
     from ucan_cli.method_options import params_from_dict
-    from ucan_cli.scoring import compute_scores
+    from ucan_cli.methods.ucan.scoring import compute_scores
 
     result = compute_scores(**method_inputs(stats), params=params_from_dict(dict(meta["params"])))
     out = save_score_file(tmp_path / "again.safetensors", stats, result, meta, force=False)
@@ -75,8 +75,8 @@ def test_score_file_round_trip_is_byte_identical(tmp_path):
 def test_fresh_statistics_match_the_pinned_ones(world, tmp_path):
     """The forward pass today gives the pinned statistics, to float32 accuracy (the activations
     are float32: relative differences of about 1e-6 across CPUs and thread counts)."""
-    from ucan_cli.api import score
-    from ucan_cli.io.scorefile import load_score_file
+    from ucan_cli.flows.score import score
+    from ucan_cli.methods.ucan.scorefile import load_score_file
 
     key = tmp_path / "key"
     key.write_text("pinned-test-receipt-key-0123456789\n")

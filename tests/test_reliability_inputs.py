@@ -39,7 +39,7 @@ def _one_line_error(result, pattern: str, code: int = 2) -> None:
 @pytest.fixture()
 def no_model_loads(monkeypatch):
     """Input errors must surface before any weights load."""
-    import ucan_cli.io.models as models
+    import ucan_cli.runtime.models as models
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model loaded before the input error was found")
@@ -197,7 +197,7 @@ def test_config_switches_set_to_false_are_ignored(tmp_path):
 
 
 def test_writer_and_reader_agree_on_the_switches():
-    from ucan_cli.attenuate_api import _COMMAND_LINE_ONLY
+    from ucan_cli.flows.attenuate import _COMMAND_LINE_ONLY
     from ucan_cli.options import COMMAND_LINE_ONLY
 
     assert set(_COMMAND_LINE_ONLY) == set(COMMAND_LINE_ONLY)

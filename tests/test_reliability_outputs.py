@@ -34,7 +34,7 @@ def _config_home(tmp_path, monkeypatch):
 @pytest.fixture()
 def no_model(monkeypatch):
     """Any model load fails the test: refusals must come before."""
-    import ucan_cli.io.models as models
+    import ucan_cli.runtime.models as models
 
     def load(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -239,7 +239,7 @@ def demo_env(tmp_path_factory) -> dict[str, str]:
 
 
 def _fail_scoring(monkeypatch):
-    import ucan_cli.api as api
+    import ucan_cli.flows.score as api
     from ucan_cli.errors import UcanRuntimeError
 
     def broken(*args, **kwargs):
@@ -265,7 +265,7 @@ def test_a_failing_demo_writes_nothing(demo_env, tmp_path, monkeypatch):
 def test_a_killed_demo_leaves_no_output_and_the_rerun_replaces_cleanly(demo_env, tmp_path):
     out = tmp_path / "demo"
     code = (
-        "import sys, time\nimport ucan_cli.api as api\nfrom ucan_cli import cli\n"
+        "import sys, time\nimport ucan_cli.flows.score as api\nfrom ucan_cli import cli\n"
         "def stuck(*a, **k):\n    print('ready', flush=True); time.sleep(60)\n"
         "api.score = stuck\nsys.argv = ['ucan', *sys.argv[1:]]\ncli.main()\n"
     )
@@ -356,7 +356,7 @@ def test_edited_statistics_are_refused(scored, adapters, tmp_path):
 
 
 def test_score_file_meta_that_is_not_an_object_is_exit_2(scored, adapters, tmp_path):
-    from ucan_cli.io.scorefile import load_score_file, score_file_bytes
+    from ucan_cli.methods.ucan.scorefile import load_score_file, score_file_bytes
 
     stats, _ = load_score_file(scored["scores"])
     scored["scores"].write_bytes(score_file_bytes(stats, None, ["not", "an", "object"]))  # a valid hash
@@ -370,7 +370,7 @@ def test_score_file_without_integrity_hash_is_refused(scored, adapters, tmp_path
     from safetensors import safe_open
     from safetensors.numpy import save
 
-    from ucan_cli.io.scorefile import INTEGRITY_KEY
+    from ucan_cli.methods.ucan.scorefile import INTEGRITY_KEY
 
     with safe_open(str(scored["scores"]), framework="np") as handle:
         metadata = {k: v for k, v in handle.metadata().items() if k != INTEGRITY_KEY}
@@ -387,7 +387,7 @@ def test_integrity_hash_is_the_only_change_to_the_score_file(scored):
     from safetensors.numpy import save
 
     from ucan_cli.io.canonical import canonical_safetensors
-    from ucan_cli.io.scorefile import INTEGRITY_KEY, integrity_hash
+    from ucan_cli.methods.ucan.scorefile import INTEGRITY_KEY, integrity_hash
 
     with safe_open(str(scored["scores"]), framework="np") as handle:
         metadata = dict(handle.metadata())

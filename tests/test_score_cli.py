@@ -15,13 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_records, write_jsonl
-from ucan_cli import api
-from ucan_cli.activations import SET_NAMES
+from ucan_cli.flows import score as api
+from ucan_cli.methods.ucan.statistics import SET_NAMES
 from ucan_cli.cli import app
 from ucan_cli.errors import InputError
 from ucan_cli.io.adapter import sha256_file
-from ucan_cli.io.scorefile import load_score_file, save_score_file, score_file_bytes
-from ucan_cli.scoring import MethodParams
+from ucan_cli.methods.ucan.scorefile import load_score_file, save_score_file, score_file_bytes
+from ucan_cli.methods.ucan.scoring import MethodParams
 
 FIELDS = ("sum_abs", "sum_sq", "tokens", "rec_sum", "rec_sumsq")
 
@@ -247,7 +247,7 @@ def test_api_retain_max_samples(tiny_models, adapters, data):
 
 
 def test_api_input_errors_before_model_loads(tiny_models, adapters, data, monkeypatch):
-    import ucan_cli.io.models as models
+    import ucan_cli.runtime.models as models
 
     def boom(*_a, **_k):
         raise AssertionError("the model was loaded before the input error")

@@ -1,4 +1,4 @@
-"""Golden tests of U-CAN steps 2-5 (ucan_cli.scoring) against a literal float64 reference.
+"""Golden tests of U-CAN steps 2-5 (ucan_cli.methods.ucan.scoring) against a literal float64 reference.
 
 The reference below is written straight from SPEC section 3, loop by loop, without calling the
 module's helpers, so a mistake in either shows up as a mismatch at 1e-12.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ucan_cli.errors import InputError, NothingToDo
-from ucan_cli.scoring import (
+from ucan_cli.methods.ucan.scoring import (
     CONSTANT_RELATIVE_STD,
     MethodParams,
     SetStats,

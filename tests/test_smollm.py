@@ -23,9 +23,9 @@ pytestmark = [
 
 
 def test_gguf_base_scores_and_saves_as_plain_model(tmp_path):
-    from ucan_cli import api
+    from ucan_cli.flows import score as api
     from ucan_cli.io.adapter import LoraAdapter
-    from ucan_cli.io.models import check_adapter_matches_base, load_base_model, load_tokenizer
+    from ucan_cli.runtime.models import check_adapter_matches_base, load_base_model, load_tokenizer
     from ucan_cli.toy import build_adapter
 
     gguf = smollm2_gguf()

@@ -9,13 +9,13 @@ import torch
 from conftest import make_records
 from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.data import validate_record
-from ucan_cli.train import TrainConfig, mean_response_nll, train_lora
+from ucan_cli.training import TrainConfig, mean_response_nll, train_lora
 
 
 def test_training_lowers_loss_and_reloads(tmp_path, tiny_models, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from ucan_cli.io.models import attach_adapter
+    from ucan_cli.runtime.models import attach_adapter
 
     records = [validate_record(r, Path("t.jsonl"), i + 1) for i, r in enumerate(make_records(32))]
     base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)

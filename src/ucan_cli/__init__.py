@@ -3,7 +3,7 @@
 The Python API is the same code the commands run::
 
     from ucan_cli import score, attenuate
-    from ucan_cli.evaluate import evaluate
+    from ucan_cli.evaluation.run import evaluate
 
     run = score("./base", "./adapter", "forget.jsonl", "retain.jsonl")
     out = attenuate(base="./base", adapter="./adapter", forget="forget.jsonl", retain="retain.jsonl", out_dir="./forgot")
@@ -17,9 +17,9 @@ from __future__ import annotations
 from ucan_cli._version import __version__
 
 _LAZY = {
-    "score": ("ucan_cli.api", "score"),
-    "attenuate": ("ucan_cli.attenuate_api", "attenuate"),
-    "MethodParams": ("ucan_cli.scoring", "MethodParams"),
+    "score": ("ucan_cli.flows.score", "score"),
+    "attenuate": ("ucan_cli.flows.attenuate", "attenuate"),
+    "MethodParams": ("ucan_cli.methods.ucan.scoring", "MethodParams"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -24,7 +24,7 @@ import typer
 from ucan_cli.options import PANEL_METHOD
 
 if TYPE_CHECKING:
-    from ucan_cli.scoring import MethodParams
+    from ucan_cli.methods.ucan.scoring import MethodParams
 
 #: Documented defaults (the values of ``scoring.MethodParams``; a test keeps them in step). Tuned on
 #: the demo world (benchmarks/sweep.py; evidence in docs/method.md, "Tuned defaults (evidence)").
@@ -133,7 +133,7 @@ def params_from_options(
     clears the other, so ``--tau`` overrides a base that had a ratio and vice versa.
     """
     from ucan_cli.errors import InputError
-    from ucan_cli.scoring import MethodParams
+    from ucan_cli.methods.ucan.scoring import MethodParams
 
     if ratio is not None and tau is not None:
         raise InputError("--ratio and --tau are mutually exclusive; give one of them")
@@ -168,7 +168,7 @@ def params_to_dict(params: MethodParams) -> dict[str, Any]:
 def params_from_dict(data: dict[str, Any]) -> MethodParams:
     """Inverse of ``params_to_dict`` (unknown keys are an ``InputError``): for score-file metadata."""
     from ucan_cli.errors import InputError
-    from ucan_cli.scoring import MethodParams
+    from ucan_cli.methods.ucan.scoring import MethodParams
 
     names = {f.name for f in fields(MethodParams)}
     unknown = sorted(set(data) - names)

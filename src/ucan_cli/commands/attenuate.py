@@ -133,7 +133,7 @@ def attenuate(
     import shlex
     import sys
 
-    from ucan_cli.attenuate_api import attenuate as run_attenuate
+    from ucan_cli.flows.attenuate import attenuate as run_attenuate
     from ucan_cli.errors import InputError
     from ucan_cli.report.attenuate import render_attenuate
     from ucan_cli.ui import UI

@@ -146,7 +146,7 @@ def _one_thread_on_cpu(device: str):
     with two on a loaded 2-core machine)."""
     import torch
 
-    from ucan_cli.io.models import resolve_device
+    from ucan_cli.runtime.models import resolve_device
 
     threads = torch.get_num_threads()
     if resolve_device(device).type == "cpu":
@@ -215,13 +215,13 @@ def _run(
     import shutil
     import time
 
-    from ucan_cli import api
-    from ucan_cli.attenuate_api import attenuate
+    from ucan_cli.flows import score as api
+    from ucan_cli.flows.attenuate import attenuate
     from ucan_cli.errors import NothingToDo
-    from ucan_cli.io.scorefile import save_score_file
+    from ucan_cli.methods.ucan.scorefile import save_score_file
     from ucan_cli.method_options import params_to_dict
     from ucan_cli.report.score import score_document
-    from ucan_cli.scoring import MethodParams
+    from ucan_cli.methods.ucan.scoring import MethodParams
 
     timings: dict[str, float] = {}
     w = out / "world"
@@ -298,7 +298,7 @@ def _random_units(original: Path, out_dir: Path, att, *, seed: int) -> dict:
     """
     import numpy as np
 
-    from ucan_cli.attenuation import apply_factors, unit_factors_by_module
+    from ucan_cli.methods.ucan.edit import apply_factors, unit_factors_by_module
     from ucan_cli.io.adapter import LoraAdapter
     from ucan_cli.io.outdir import atomic_output_dir
 
@@ -318,7 +318,7 @@ def _random_units(original: Path, out_dir: Path, att, *, seed: int) -> dict:
 
 def _evaluate(ui, rt: RuntimeOptions, paths: dict) -> dict:
     """``ucan eval`` on original, U-CAN, the random-units control and the reference; report written."""
-    from ucan_cli.evaluate import adapter_entries, evaluate
+    from ucan_cli.evaluation.run import adapter_entries, evaluate
     from ucan_cli.io.data import read_records
     from ucan_cli.io.outdir import atomic_output_dir
     from ucan_cli.report.eval import document_json, eval_document, eval_markdown

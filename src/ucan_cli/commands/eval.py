@@ -89,10 +89,10 @@ def eval_(
     import time
 
     from ucan_cli.errors import GateFailed, InputError
-    from ucan_cli.evaluate import adapter_entries, check_against_base, evaluate
-    from ucan_cli.gates import check_gates, failure_summary, parse_gates
+    from ucan_cli.evaluation.run import adapter_entries, check_against_base, evaluate
+    from ucan_cli.evaluation.gates import check_gates, failure_summary, parse_gates
     from ucan_cli.io.data import check_disjoint, read_records
-    from ucan_cli.io.models import load_base_model, load_tokenizer, model_skeleton, resolve_device, resolve_dtype
+    from ucan_cli.runtime.models import load_base_model, load_tokenizer, model_skeleton, resolve_device, resolve_dtype
     from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
     from ucan_cli.options import parse_int_list
     from ucan_cli.report.eval import document_json, eval_document, eval_markdown, records_lines, render_eval

@@ -52,7 +52,7 @@ def inspect(
     warnings += loaded.warnings()
     base_check = None
     if base is not None:
-        from ucan_cli.io.models import check_adapter_matches_base, model_skeleton
+        from ucan_cli.runtime.models import check_adapter_matches_base, model_skeleton
 
         check_adapter_matches_base(loaded, model_skeleton(base, trust_remote_code=trust_remote_code))
         base_check = {"base": base, "ok": True}

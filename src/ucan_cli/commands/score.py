@@ -121,7 +121,7 @@ def score(
         # Never write over anything this run reads (--config is protected by @ucan_command).
         check_output(output, force=force, protected=[adapter, forget, retain, base, template, key_path(receipt_key)], kind="file")
 
-    from ucan_cli import api
+    from ucan_cli.flows import score as api
 
     common = dict(
         params=params, token_scope=token_scope, halves=halves or "auto", template=template, max_length=rt.max_length,
@@ -143,7 +143,7 @@ def score(
         return
 
     run = api.score(base, adapter, forget, retain, progress=ui.progress, **common)
-    from ucan_cli.io.scorefile import save_score_file
+    from ucan_cli.methods.ucan.scorefile import save_score_file
 
     save_score_file(output, run.stats, run.result, run.meta, force=force)
     for warning in run.warnings:

@@ -34,7 +34,7 @@ from ucan_cli.io.data import Record, validate_record
 from ucan_cli.io.prompts import ALPACA, PromptFormatter
 from ucan_cli.io.tokenize import encode_set, iter_batches, pad_token_id
 from ucan_cli.progress import ProgressFactory, or_null
-from ucan_cli.train import TrainConfig, train_lora
+from ucan_cli.training import TrainConfig, train_lora
 
 SET_NAMES = ("public", "forget", "retain", "holdout")
 
@@ -174,7 +174,7 @@ class Scored:
 
     def membership(self) -> np.ndarray:
         """-mean response NLL per record (SPEC section 4's membership score)."""
-        from ucan_cli.metrics import membership_scores
+        from ucan_cli.evaluation.metrics import membership_scores
 
         return membership_scores(self.nll, self.tokens)
 
@@ -204,7 +204,7 @@ def score_records(model, tokenizer, records: Sequence[Record], *, batch_size: in
 
 def recall(scored: Scored, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Recall@K over the records of ``scored`` (SPEC section 4 ranks, ties against the target)."""
-    from ucan_cli.metrics import candidate_ranks, ranking_metrics
+    from ucan_cli.evaluation.metrics import candidate_ranks, ranking_metrics
 
     metrics = ranking_metrics(candidate_ranks(scored.scores, scored.target), ks)
     return {f"recall@{k}": round(metrics[f"recall@{k}"], 4) for k in ks}
@@ -220,7 +220,7 @@ def memorization_report(model_with_adapters, tokenizer, sets: dict[str, list[Rec
     only the forget users' own held-out records, so taste differences between users cannot
     inflate or hide it.
     """
-    from ucan_cli.metrics import mia_auc
+    from ucan_cli.evaluation.metrics import mia_auc
 
     holdout = sets["holdout"]
     own = np.array([r.user_id in forget_users for r in holdout])
@@ -276,7 +276,7 @@ def build_world(
     ``measure`` adds the memorization numbers (a few seconds). The manifest is also written as
     ``world.json``.
     """
-    from ucan_cli.io.models import hf_quiet
+    from ucan_cli.runtime.models import hf_quiet
 
     config = config or CONFIGS[world.size]
     threads = torch.get_num_threads()

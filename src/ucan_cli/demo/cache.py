@@ -1,4 +1,4 @@
-"""Where demo worlds live: the user cache dir, keyed by version, code fingerprint, size, seed, scenario.
+"""Where demo worlds live: the user cache dir, keyed by the world revision, size, seed, scenario.
 
 ``ensure_world`` returns a complete world directory, taking the first that applies:
 
@@ -10,15 +10,15 @@
 
 Every write goes to a temporary sibling directory that is renamed into place, so an interrupted
 build never leaves a half-written world, and two processes building the same world at once
-both end with one complete copy. The key holds a fingerprint of the generator and builder
-sources, so a changed world is never mistaken for a cached one.
+both end with one complete copy. The key holds the world's revision (``SYNTHETIC_REVISION``),
+bumped with every change that alters records or weights, so a changed world is never mistaken
+for a cached one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -29,7 +29,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ucan_cli._version import __version__
 from ucan_cli.progress import ProgressFactory
 
 ASSETS = Path(__file__).with_name("assets")
@@ -51,22 +50,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ucan"
 
 
-#: The sources that decide a synthetic world's records and weights (package-relative).
-SYNTHETIC_SOURCES = ("demo/world.py", "demo/build.py")
+#: The revision of the synthetic world: its generator (``demo/world.py``) and its builder
+#: (``demo/build.py`` and the trainer it calls). Bump it in the same commit as any change that
+#: alters a world's records or weights, then run ``scripts/build_demo_assets.py``; moving or
+#: renaming code does not change a world and needs no bump. (Until 2026-12 the key held a hash
+#: of those source files, so that every refactor invalidated the shipped worlds.)
+#: ``tests/test_demo_world.py`` pins the generator's records, which catches a forgotten bump there.
+SYNTHETIC_REVISION = "1"
 
 
-def code_fingerprint(sources: tuple[str, ...] = SYNTHETIC_SOURCES) -> str:
-    """SHA-256 (first 12 hex digits) of the sources that decide a world's records and weights."""
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for relative in sources:
-        digest.update((package / relative).read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def versioned_key(name: str, sources: tuple[str, ...] = SYNTHETIC_SOURCES) -> str:
-    """A cache key: ucan version, code fingerprint of ``sources``, then the world's ``name``."""
-    return f"ucan-{__version__}-{code_fingerprint(sources)}/{name}"
+def versioned_key(name: str, revision: str = SYNTHETIC_REVISION) -> str:
+    """A cache key: the world kind's revision, then the world's ``name``."""
+    return f"rev{revision}/{name}"
 
 
 def keyed_path(key: str, root: Path | None = None) -> Path:
@@ -80,7 +75,7 @@ def world_name(seed: int, scenario: str, size: str = "default") -> str:
 
 
 def world_key(seed: int, scenario: str, size: str = "default") -> str:
-    """Everything a cached world must match: version, code fingerprint, size, seed, scenario."""
+    """Everything a cached world must match: revision, size, seed, scenario."""
     return versioned_key(world_name(seed, scenario, size))
 
 

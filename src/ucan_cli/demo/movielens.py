@@ -56,7 +56,7 @@ from ucan_cli.demo import cache
 from ucan_cli.demo.build import BuildConfig
 from ucan_cli.errors import InputError, UcanRuntimeError
 from ucan_cli.progress import ProgressFactory, or_null
-from ucan_cli.train import TrainConfig
+from ucan_cli.training import TrainConfig
 
 SCENARIOS = ("group", "random")
 DATA_LABEL = "movielens-100k bench preset"
@@ -437,7 +437,7 @@ def _write_world(
 
     from ucan_cli._version import __version__
     from ucan_cli.demo.build import as_records, memorization_report
-    from ucan_cli.train import train_lora
+    from ucan_cli.training import train_lora
 
     config = SIZES[world.size].build
     lora = TrainConfig(**{**asdict(config.lora), "seed": world.seed})
@@ -505,8 +505,10 @@ def _write_world(
 # ------------------------------------------------------------------------------ building and the cache
 
 
-#: The sources that decide a MovieLens world's records and weights (package-relative).
-SOURCES = ("demo/movielens.py", "demo/build.py", "prepare/movielens.py", "train.py")
+#: The revision of the MovieLens world (its preparation, ``prepare/movielens.py``, and this
+#: module's builder): bump it in the same commit as any change that alters its records or
+#: weights; the cache then builds afresh. Moving or renaming code needs no bump.
+REVISION = "ml1"
 
 
 def world_name(seed: int, scenario: str, size: str = "default") -> str:
@@ -515,8 +517,8 @@ def world_name(seed: int, scenario: str, size: str = "default") -> str:
 
 
 def world_key(seed: int, scenario: str, size: str = "default") -> str:
-    """Everything a cached world must match: ucan version, code fingerprint, size, seed, scenario."""
-    return cache.versioned_key(world_name(seed, scenario, size), SOURCES)
+    """Everything a cached world must match: revision, size, seed, scenario."""
+    return cache.versioned_key(world_name(seed, scenario, size), REVISION)
 
 
 def world_path(seed: int, scenario: str, size: str = "default", root: Path | None = None) -> Path:
@@ -594,8 +596,8 @@ def ensure_movielens_world(
 ) -> tuple[Path, str]:
     """A complete MovieLens world for (seed, scenario, size) from the cache, built if needed.
 
-    Returns ``(path, how)``, ``how`` being ``cached`` or ``built``. The cache key holds the ucan
-    version and a fingerprint of the code, so a stale world is never reused. A build reuses the
+    Returns ``(path, how)``, ``how`` being ``cached`` or ``built``. The cache key holds the world's
+    revision (``REVISION``), so a stale world is never reused. A build reuses the
     base and original adapter of the same seed's other scenario when the cache holds it (then
     only the reference is trained). ``rebuild`` ignores the cache and replaces it.
     ``on_build(note)`` is called with a one-line note before a build starts (a cold build takes

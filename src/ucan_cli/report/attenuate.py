@@ -14,7 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from ucan_cli._version import __version__
-from ucan_cli.metrics import json_safe
+from ucan_cli.evaluation.metrics import json_safe
 
 SCHEMA_VERSION = 1
 

@@ -1,7 +1,7 @@
 """The ``eval`` report: report.json (schema in docs/report-schema.md), report.md, a Rich table and
 records.jsonl (per-record values keyed by HMAC receipts, never text or extra fields).
 
-Nothing here computes a metric: the numbers come from ``ucan_cli.evaluate.EvalResult``; this
+Nothing here computes a metric: the numbers come from ``ucan_cli.evaluation.run.EvalResult``; this
 module lays them out, says which direction is better, and colours each adapter against the
 original.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from ucan_cli._version import __version__
-from ucan_cli.metrics import json_safe
+from ucan_cli.evaluation.metrics import json_safe
 
 SCHEMA_VERSION = 1
 

@@ -1,6 +1,6 @@
 """The ``score`` report: a JSON document and Rich tables built from a ``ScoreRun``.
 
-Everything shown is computed by the library (``ucan_cli.api``, ``ucan_cli.scoring``); this module
+Everything shown is computed by the library (``ucan_cli.flows.score``, ``ucan_cli.methods.ucan.scoring``); this module
 only selects and lays out numbers. The document is JSON-safe (no NaN or infinity).
 """
 

@@ -23,7 +23,7 @@ How the work is organised, and why:
   whole set); prediction shift compares the greedy token at the first response position.
   Ranking metrics are then null, with the reason.
 - Only per-record arrays are kept (a scores matrix n x C, NLL sums, token counts, per-record
-  KL); ``ucan_cli.metrics`` turns them into means, trade-offs, AUCs and bootstrap CIs.
+  KL); ``ucan_cli.evaluation.metrics`` turns them into means, trade-offs, AUCs and bootstrap CIs.
 
 Public API: ``adapter_entries`` (load and check the adapter directories, before any model),
 ``check_against_base``, ``evaluate`` (the whole run, returns an ``EvalResult``) and ``score_set``
@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ucan_cli import metrics as M
+from ucan_cli.evaluation import metrics as M
 from ucan_cli.errors import InputError, UcanRuntimeError
 from ucan_cli.io.data import Record, RecordSet
-from ucan_cli.io.models import hf_quiet
+from ucan_cli.runtime.models import hf_quiet
 from ucan_cli.io.prompts import PromptFormatter
 from ucan_cli.io.tokenize import (
     IGNORE_INDEX,
@@ -135,7 +135,7 @@ def check_against_base(entries: Sequence[AdapterEntry], model) -> None:
 
     ``model`` may be the real base model or ``io.models.model_skeleton`` (no weights).
     """
-    from ucan_cli.io.models import check_adapter_matches_base
+    from ucan_cli.runtime.models import check_adapter_matches_base
 
     for e in entries:
         if e.adapter is None:
@@ -832,7 +832,7 @@ def evaluate(
         if not recs:
             raise InputError(f"the {name} set has no records")
     if isinstance(model, (str, Path)):
-        from ucan_cli.io.models import load_base_model, load_tokenizer
+        from ucan_cli.runtime.models import load_base_model, load_tokenizer
 
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(str(model))
         model = load_base_model(str(model), device=device, dtype=dtype)

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ucan_cli.activations import SCOPES, SET_NAMES, Statistics
+from ucan_cli.methods.ucan.statistics import SCOPES, SET_NAMES, Statistics
 from ucan_cli.errors import InputError
 from ucan_cli.io.canonical import canonical_safetensors
 from ucan_cli.io.outdir import atomic_write_file
-from ucan_cli.scoring import UNITS, ScoreResult, SetStats
+from ucan_cli.methods.ucan.scoring import UNITS, ScoreResult, SetStats
 
 FORMAT = "ucan-scores"
 SCHEMA_VERSION = 1

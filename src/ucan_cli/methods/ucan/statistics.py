@@ -31,7 +31,7 @@ from ucan_cli.errors import UcanRuntimeError
 from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.tokenize import Encoded, iter_batches
 from ucan_cli.progress import ProgressFactory, or_null
-from ucan_cli.scoring import UNITS, SetStats
+from ucan_cli.methods.ucan.scoring import UNITS, SetStats
 
 SCOPES = ("response", "last", "all")
 SET_NAMES = ("forget", "retain", "half_a", "half_b")
@@ -60,7 +60,7 @@ class Statistics:
         module_names: the adapter's module names (paths in the base model).
         module_sizes: units per module (d_out for output units, r for rank units).
         module_ids: (N,) module index of each unit.
-        forget, retain, half_a, half_b: per-set statistics (``ucan_cli.scoring.SetStats``).
+        forget, retain, half_a, half_b: per-set statistics (``ucan_cli.methods.ucan.scoring.SetStats``).
         scaling: (N,) c_l of each unit's module.
         b_col_norms: (N,) ||B_l[:, j]||_2 for rank units; None for output units.
     """
@@ -120,7 +120,7 @@ class Statistics:
 
 
 def method_inputs(stats: Statistics) -> dict:
-    """Keyword arguments of ``ucan_cli.scoring.compute_scores`` from ``stats`` (all but ``params``
+    """Keyword arguments of ``ucan_cli.methods.ucan.scoring.compute_scores`` from ``stats`` (all but ``params``
     and ``cum_factors``). Pass ``MethodParams(unit=stats.unit, ...)``: the unit kind decides the
     utility formula."""
     kwargs = {

@@ -1,6 +1,6 @@
 """``attenuate``: the library call behind ``ucan attenuate`` (SPEC section 3, steps 1-6).
 
-Statistics come either from a fresh forward pass (``ucan_cli.api.score``) or from a score file
+Statistics come either from a fresh forward pass (``ucan_cli.flows.score.score``) or from a score file
 (``scores=``, no model loads). Steps 2-5 are then redone here with the resolved parameters and
 the lineage's cumulative factors (the floor rule), step 6 edits B, and everything is written to a
 temporary directory renamed into place: the adapter (config byte for byte, same tensor names,
@@ -120,7 +120,7 @@ def _resolve_params(params, base):
     """``params`` may be a ``MethodParams`` (used as is), a mapping of option values merged over
     ``base`` (``method_options.params_from_options``), or None (``base`` or the defaults)."""
     from ucan_cli.method_options import params_from_options
-    from ucan_cli.scoring import MethodParams
+    from ucan_cli.methods.ucan.scoring import MethodParams
 
     if isinstance(params, MethodParams):
         return params.validate()
@@ -130,7 +130,7 @@ def _resolve_params(params, base):
 def _score_file_params(meta: Mapping[str, Any], unit: str):
     """The parameters a score file was made with (its ``params`` meta), else defaults for its unit."""
     from ucan_cli.method_options import params_from_dict
-    from ucan_cli.scoring import MethodParams
+    from ucan_cli.methods.ucan.scoring import MethodParams
 
     stored = meta.get("params")
     if isinstance(stored, Mapping):
@@ -190,7 +190,7 @@ def attenuate(
         halves: the noise reference's split of D_r (``auto``, ``users``, ``records``); with
             ``scores`` it must match the file's.
         template, max_length, retain_max_samples, max_samples, seed, batch_size, device,
-        dtype, allow_overlap, allow_pickle, trust_remote_code: as for ``ucan_cli.api.score``.
+        dtype, allow_overlap, allow_pickle, trust_remote_code: as for ``ucan_cli.flows.score.score``.
         receipt_key: the receipt key file (default: the user's key, created on first use).
         force: replace an existing ``out_dir``, attenuate a forget set already in the lineage,
             and continue from an adapter whose hash does not match its ledger.
@@ -205,8 +205,8 @@ def attenuate(
         InputError (exit 2), UcanRuntimeError (exit 1), NothingToDo (exit 4). Nothing is
         written when any of them is raised.
     """
-    from ucan_cli.activations import method_inputs
-    from ucan_cli.attenuation import apply_factors, total_norms, unit_factors_by_module, units_per_module
+    from ucan_cli.methods.ucan.statistics import method_inputs
+    from ucan_cli.methods.ucan.edit import apply_factors, total_norms, unit_factors_by_module, units_per_module
     from ucan_cli.io.adapter import LoraAdapter, sha256_file
     from ucan_cli.io.data import read_records
     from ucan_cli.io.ledger import check_adapter_head, check_repeat, new_entry, read_ledger, write_ledger
@@ -215,7 +215,7 @@ def attenuate(
     from ucan_cli.method_options import params_to_dict, resolve_token_scope
     from ucan_cli.report.attenuate import attenuate_document, attenuate_markdown
     from ucan_cli.report.card import model_card
-    from ucan_cli.scoring import compute_scores
+    from ucan_cli.methods.ucan.scoring import compute_scores
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -246,7 +246,7 @@ def attenuate(
 
     stats = meta = None
     if scores is not None:
-        from ucan_cli.io.scorefile import load_score_file
+        from ucan_cli.methods.ucan.scorefile import load_score_file
 
         stats, meta = load_score_file(scores)
         if meta.get("adapter_sha256") != source.sha256:
@@ -301,7 +301,7 @@ def attenuate(
     # ---------------------------------------------------------------- statistics (step 1)
     score_meta: dict = dict(meta or {})
     if stats is None:
-        from ucan_cli.api import score as run_score
+        from ucan_cli.flows.score import score as run_score
 
         run = run_score(
             base, source.path, forget_set, retain, params=params, token_scope=scope, halves=halves or "auto", template=template,
@@ -316,7 +316,7 @@ def attenuate(
     layout = list(zip(stats.module_names, stats.module_sizes))
     cumulative = ledger.cumulative_vector(layout, params.unit)
     result = compute_scores(**method_inputs(stats), params=params, cum_factors=cumulative)
-    from ucan_cli.api import contrast_overview
+    from ucan_cli.flows.score import contrast_overview
 
     overview = contrast_overview(result)
     if overview["verdict"] in DECLINED_VERDICTS:  # units pass the gates, but no more of them than noise gives

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from ucan_cli._version import __version__
-from ucan_cli.activations import SCOPES, Statistics, collect_statistics, method_inputs, scope_token_count
+from ucan_cli.methods.ucan.statistics import SCOPES, Statistics, collect_statistics, method_inputs, scope_token_count
 from ucan_cli.errors import InputError, NothingToDo
 from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.data import RecordSet, check_disjoint, read_records
 from ucan_cli.io.tokenize import Encoded
 from ucan_cli.progress import ProgressFactory
-from ucan_cli.scoring import (
+from ucan_cli.methods.ucan.scoring import (
     MethodParams,
     ScoreResult,
     compute_scores,
@@ -215,7 +215,7 @@ def _prepare(
     seed, batch_size, allow_overlap, receipt_key, allow_pickle, trust_remote_code,
 ) -> _Prepared:
     """Everything up to (not including) loading the model weights; all input errors surface here."""
-    from ucan_cli.io.models import check_adapter_matches_base, load_tokenizer, model_skeleton, resolve_source
+    from ucan_cli.runtime.models import check_adapter_matches_base, load_tokenizer, model_skeleton, resolve_source
     from ucan_cli.io.prompts import PromptFormatter
     from ucan_cli.io.receipts import key_fingerprint, load_or_create_key, set_receipt
     from ucan_cli.io.tokenize import default_max_length, encode_set
@@ -335,7 +335,7 @@ def _adapted_model(prep: _Prepared, *, device: str, dtype: str, allow_pickle: bo
     """Load the base model (unless given), attach the adapter; a user's model is restored after."""
     import tempfile
 
-    from ucan_cli.io.models import attach_adapter, check_adapter_matches_base, load_base_model
+    from ucan_cli.runtime.models import attach_adapter, check_adapter_matches_base, load_base_model
 
     t0 = time.perf_counter()
     model = prep.model
