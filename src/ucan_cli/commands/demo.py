@@ -8,7 +8,6 @@ in two sentences what the numbers mean, and prints the commands that redo each s
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -98,6 +97,8 @@ def demo(
 
     from ucan_cli.demo.cache import cache_root, ensure_world
     from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
+    from ucan_cli.runtime.models import resolve_device
+    from ucan_cli.runtime.threads import torch_threads
     from ucan_cli.ui import UI
 
     ui = UI(rt)
@@ -116,7 +117,9 @@ def demo(
 
     # Everything goes into one temporary sibling, renamed into place at the end: a failed or
     # killed demo leaves OUT as it was (a killed one's sibling is removed by the next run).
-    with atomic_output_dir(out, force=force, protected=[cache_root()]) as tmp, _one_thread_on_cpu(rt.device):
+    # One torch thread on CPU: the demo's tiny model is overhead-bound (ucan_cli.runtime.threads).
+    with atomic_output_dir(out, force=force, protected=[cache_root()]) as tmp, \
+            torch_threads(1, when=resolve_device(rt.device).type == "cpu"):
         relocate = _Relocation(out.parent / tmp.name, out)
         doc = _run(ui, rt, relocate.work, world_dir, how, scenario, ratio, data, relocate)
         timings = doc["timings"]
@@ -137,24 +140,6 @@ def demo(
         ui.emit_json(doc)
     else:
         _render(ui, doc)
-
-
-@contextlib.contextmanager
-def _one_thread_on_cpu(device: str):
-    """One torch thread on CPU: the demo's tiny model is overhead-bound, and on a busy machine two
-    OpenMP threads wait on each other (measured: eval forward passes 0.66 s with one thread, 14 s
-    with two on a loaded 2-core machine)."""
-    import torch
-
-    from ucan_cli.runtime.models import resolve_device
-
-    threads = torch.get_num_threads()
-    if resolve_device(device).type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _Relocation:

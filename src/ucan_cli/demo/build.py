@@ -277,15 +277,12 @@ def build_world(
     ``world.json``.
     """
     from ucan_cli.runtime.models import hf_quiet
+    from ucan_cli.runtime.threads import torch_threads
 
     config = config or CONFIGS[world.size]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model is overhead-bound: one thread is faster and leaves a core free
-    try:
-        with hf_quiet():
-            return _build(world, Path(out_dir), config, progress, measure, key, Path(reuse) if reuse else None)
-    finally:
-        torch.set_num_threads(threads)
+    # A tiny model is overhead-bound: one thread is faster and leaves a core free.
+    with torch_threads(1), hf_quiet():
+        return _build(world, Path(out_dir), config, progress, measure, key, Path(reuse) if reuse else None)
 
 
 def _normalize_adapter_config(adapter_dir: Path) -> None:

