@@ -1,7 +1,7 @@
 """Held-out comparison: U-CAN with its defaults against its ablations and random units, per world.
 
 On each world (a demo world from the cache, or any dir with base/, original/, reference/ and
-forget/retain/holdout JSONL), with the method defaults of ``ucan_cli.method_options.DEFAULTS``:
+forget/retain/holdout JSONL), with the method defaults of ``ucan_cli.methods.ucan.params.DEFAULTS``:
 
 - ``U-CAN``: the defaults;
 - ``w/o C`` (``--no-contrast``), ``w/o F`` (``--no-utility``), ``w/o H`` (``--decay hard``);
@@ -64,8 +64,8 @@ CI_METRICS = ("forget.recall@5", "retain.recall@5", "holdout.recall@5", "forget.
 
 
 def default_config() -> Config:
-    """The method defaults as the code defines them (``method_options.DEFAULTS``)."""
-    from ucan_cli.method_options import DEFAULTS
+    """The method defaults as the code defines them (``methods.ucan.params.DEFAULTS``)."""
+    from ucan_cli.methods.ucan.params import DEFAULTS
 
     return Config(
         unit=DEFAULTS["unit"], scope=DEFAULTS["token_scope"], lam=DEFAULTS["lam"], t_risk=DEFAULTS["t_risk"],

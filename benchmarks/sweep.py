@@ -97,7 +97,7 @@ class Config:
 
     def params(self):
         """The ``MethodParams`` of this configuration (validated)."""
-        from ucan_cli.methods.ucan.scoring import MethodParams
+        from ucan_cli.methods.ucan.params import MethodParams
 
         return MethodParams(
             lam=self.lam, t_risk=self.t_risk, min_gap=self.min_gap, ratio=self.ratio, tau=None, decay=self.decay,

@@ -23,7 +23,8 @@ from ucan_cli.io.data import read_records
 from ucan_cli.runtime.models import attach_adapter, load_base_model
 from ucan_cli.io.prompts import PromptFormatter
 from ucan_cli.io.tokenize import encode_set, pad_token_id
-from ucan_cli.methods.ucan.scoring import MethodParams, compute_scores
+from ucan_cli.methods.ucan.params import MethodParams
+from ucan_cli.methods.ucan.scoring import compute_scores
 
 ARCHS = {"llama": "llama", "gpt2": "gpt2"}  # model -> adapter fixture key
 FIELDS = ("sum_abs", "sum_sq", "tokens", "rec_sum", "rec_sumsq")

@@ -57,7 +57,8 @@ def synthetic_score_file(
     from ucan_cli.io.data import read_records
     from ucan_cli.io.receipts import key_fingerprint, load_or_create_key, set_receipt
     from ucan_cli.methods.ucan.scorefile import save_score_file
-    from ucan_cli.methods.ucan.scoring import MethodParams, SetStats
+    from ucan_cli.methods.ucan.params import MethodParams
+    from ucan_cli.methods.ucan.scoring import SetStats
 
     adapter = LoraAdapter.load(adapter_dir)
     layout = units_per_module(adapter, unit)
@@ -564,8 +565,7 @@ def test_refusals_and_nothing_to_do(tmp_path, adapters, scored):
 
 def test_method_options_defaults_and_merge():
     from ucan_cli.errors import InputError
-    from ucan_cli.method_options import DEFAULTS, params_from_options, params_to_dict
-    from ucan_cli.methods.ucan.scoring import MethodParams
+    from ucan_cli.methods.ucan.params import DEFAULTS, MethodParams, params_from_options, params_to_dict
 
     defaults = params_to_dict(MethodParams())
     assert {k: v for k, v in DEFAULTS.items() if k not in ("token_scope", "halves")} == defaults

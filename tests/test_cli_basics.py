@@ -188,3 +188,27 @@ def test_python_api_exports_are_lazy_and_real():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_method_options_are_generated_from_the_parameter_dataclasses():
+    """score and attenuate take every U-CAN option, in CLI order, where the command placed them; demo only --ratio."""
+    import inspect
+
+    from ucan_cli.commands.attenuate import attenuate
+    from ucan_cli.commands.demo import demo
+    from ucan_cli.commands.score import score
+    from ucan_cli.methods.ucan.params import FLAGS, option_fields
+
+    names = [f.name for f in option_fields()]
+    assert names[:3] == ["unit", "token_scope", "halves"] and FLAGS == {"lam": "--lambda"}
+    for command, after in ((score, "retain"), (attenuate, "scores")):
+        params = list(inspect.signature(command).parameters.values())
+        start = [p.name for p in params].index(after) + 1
+        assert [p.name for p in params[start : start + len(names)]] == names
+        assert all(p.default is None for p in params[start : start + len(names)])
+    demo_names = set(inspect.signature(demo).parameters)
+    assert "ratio" in demo_names and not demo_names & (set(names) - {"ratio"})
+    help_text = {
+        name: runner.invoke(app, [name, "--help"], env={"COLUMNS": "400"}).stdout for name in ("score", "demo")
+    }
+    assert "Excludes --tau." in help_text["score"] and "Excludes --tau." not in help_text["demo"]

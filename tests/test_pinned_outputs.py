@@ -64,7 +64,7 @@ def test_score_file_round_trip_is_byte_identical(tmp_path):
         result_meta = handle.metadata()
     assert stats.unit == "output" and meta["halves"] == "users" and "result" in result_meta
     from ucan_cli.methods.ucan.statistics import method_inputs
-    from ucan_cli.method_options import params_from_dict
+    from ucan_cli.methods.ucan.params import params_from_dict
     from ucan_cli.methods.ucan.scoring import compute_scores
 
     result = compute_scores(**method_inputs(stats), params=params_from_dict(dict(meta["params"])))

@@ -21,7 +21,7 @@ from ucan_cli.cli import app
 from ucan_cli.errors import InputError
 from ucan_cli.io.adapter import sha256_file
 from ucan_cli.methods.ucan.scorefile import load_score_file, save_score_file, score_file_bytes
-from ucan_cli.methods.ucan.scoring import MethodParams
+from ucan_cli.methods.ucan.params import MethodParams
 
 FIELDS = ("sum_abs", "sum_sq", "tokens", "rec_sum", "rec_sumsq")
 

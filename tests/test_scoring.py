@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from ucan_cli.errors import InputError, NothingToDo
+from ucan_cli.methods.ucan.params import MethodParams
 from ucan_cli.methods.ucan.scoring import (
     CONSTANT_RELATIVE_STD,
-    MethodParams,
     SetStats,
     budget_size,
     compute_scores,

@@ -19,7 +19,7 @@ from ucan_cli._version import __version__
 _LAZY = {
     "score": ("ucan_cli.flows.score", "score"),
     "attenuate": ("ucan_cli.flows.attenuate", "attenuate"),
-    "MethodParams": ("ucan_cli.methods.ucan.scoring", "MethodParams"),
+    "MethodParams": ("ucan_cli.methods.ucan.params", "MethodParams"),
 }
 
 __all__ = ["__version__", *_LAZY]

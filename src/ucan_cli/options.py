@@ -1,9 +1,12 @@
 """Options shared by every command, defined once, and the wrapper that applies them.
 
 ``@ucan_command`` appends the global options (SPEC section 6) to a Typer command, in their help
-panels, merges ``--config FILE.toml`` (command-line flags win), packs them into a frozen
-``RuntimeOptions`` passed as ``rt``, and maps ``UcanError`` exceptions to a one-line message on
-stderr and their exit code. Commands therefore never repeat option definitions or error handling.
+panels, generates the method options from the parameter dataclasses of
+``ucan_cli.methods.ucan.params`` where the command puts a ``MethodOptions`` parameter, merges
+``--config FILE.toml`` (``ucan_cli.config`` reads it; command-line flags win), packs the global
+options into a frozen ``RuntimeOptions`` passed as ``rt``, and maps ``UcanError`` exceptions to
+a one-line message on stderr and their exit code. Commands therefore never repeat option
+definitions or error handling.
 """
 
 from __future__ import annotations
@@ -19,21 +22,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from ucan_cli.config import convert, load_config
 from ucan_cli.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, UcanError
 from ucan_cli.io.outdir import reading
+from ucan_cli.methods.ucan.params import EXCLUSIVE, PANEL_METHOD, MethodParams, StatisticsOptions, option_fields, spec
 
 PANEL_MODEL = "Model"
 PANEL_DATA = "Data"
-PANEL_METHOD = "Method"
 PANEL_OUTPUT = "Output"
 PANEL_PERF = "Performance"
 CONTEXT_PARAM = "ucan_context"
 #: Options that exclude each other: one given on the command line drops the other from --config.
-EXCLUSIVE_OPTIONS = (("ratio", "tau"),)
-#: Security switches: a config file (which may come from anyone, or from an earlier output) never
-#: turns them on; only a flag typed on the command line does. Key -> the flag. The library's
-#: ``attenuate_api.config_toml`` never writes them.
-COMMAND_LINE_ONLY = {"trust_remote_code": "--trust-remote-code", "allow_pickle": "--allow-pickle"}
+EXCLUSIVE_OPTIONS = EXCLUSIVE
 
 
 @dataclass(frozen=True)
@@ -126,76 +126,63 @@ ReceiptKeyOpt = Annotated[
 ]
 
 
-def _load_config(path: Path, command: str) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    if path.is_dir():
-        raise InputError(f"{path}: config file is a directory")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: config file is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: invalid TOML ({exc})") from None
-    top = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
-    section = data.get(command, {})
-    if not isinstance(section, dict):
-        raise InputError(f"{path}: [{command}] must be a table")
-    own = {k.replace("-", "_"): v for k, v in section.items()}
-    for values in (top, own):
-        for key in COMMAND_LINE_ONLY.keys() & values.keys():
-            # ``false`` (what outputs of ucan 0.x wrote into ucan_config.toml) changes nothing: dropped.
-            if values.pop(key) is not False:
-                raise InputError(f"{path}: {key} can only be set on the command line ({COMMAND_LINE_ONLY[key]})")
-    return {"top": top, "own": own}
+@dataclass(frozen=True)
+class OptionGroup:
+    """Marks a command parameter that ``@ucan_command`` replaces, in place, with one option per
+    U-CAN option field (``methods.ucan.params``; ``names`` picks a subset). The command receives
+    the parameter as a dict of field name -> value, None where the option was not given."""
+
+    names: tuple[str, ...] | None = None
 
 
-def _convert(value, annotation, name: str, path: Path):
-    """Convert a TOML value to a command parameter's type (the types ucan's options use)."""
-    import enum
+def method_options(*names: str):
+    """The annotation of a parameter that stands for the U-CAN options ``names`` (default: all)."""
+    return Annotated[dict, OptionGroup(names or None)]
 
-    base = typing.get_origin(annotation)
-    if base is Annotated:
-        annotation = typing.get_args(annotation)[0]
-        base = typing.get_origin(annotation)
-    if base in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else annotation
-        base = typing.get_origin(annotation)
-    if base in (list, tuple):
-        (item,) = typing.get_args(annotation)[:1] or (str,)
-        if not isinstance(value, list):
-            value = [value]
-        return [_convert(v, item, name, path) for v in value]
-    wrong = InputError(f"{path}: option {name!r}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong
-        return float(value)
-    if annotation in (str, Path):
-        if not isinstance(value, str):
-            raise wrong
-        return annotation(value)
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        try:
-            return annotation(value)
-        except ValueError:
-            raise wrong from None
-    return value
+
+#: Every U-CAN option (``score``, ``attenuate``): ``method: MethodOptions = None``.
+MethodOptions = method_options()
+
+
+def _field_types() -> dict[str, type]:
+    """Field name -> the field's type without None (``float`` for ``float | None``)."""
+    hints = {**typing.get_type_hints(MethodParams), **typing.get_type_hints(StatisticsOptions)}
+    out = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = args[0] if args else hint
+    return out
+
+
+def _group_parameters(group: OptionGroup, kind) -> list[inspect.Parameter]:
+    """The generated parameters of ``group``: each ``Optional`` with default None ("not given"),
+    flag, help, bounds and panel from the field's ``OptionSpec``; an exclusive partner present in
+    the same command is named in the help."""
+    chosen = [f for f in option_fields() if group.names is None or f.name in group.names]
+    present = {f.name for f in chosen}
+    types_ = _field_types()
+    out = []
+    for f in chosen:
+        opt = f.metadata["option"]
+        text = opt.help + (f" Excludes {spec(opt.excludes).long}." if opt.excludes in present else "")
+        bounds = {"min": opt.min} if opt.min is not None else {}
+        info = typer.Option(opt.flag, help=text, rich_help_panel=opt.panel, show_default=False, **bounds)
+        out.append(inspect.Parameter(f.name, kind, default=None, annotation=Annotated[Optional[types_[f.name]], info]))
+    return out
+
+
+def _expand_groups(params: list[inspect.Parameter]) -> tuple[list[inspect.Parameter], dict[str, list[str]]]:
+    """Replace each ``OptionGroup`` parameter by its generated options; also return group -> names."""
+    expanded, groups = [], {}
+    for p in params:
+        marks = [m for m in typing.get_args(p.annotation)[1:] if isinstance(m, OptionGroup)]
+        if typing.get_origin(p.annotation) is Annotated and marks:
+            generated = _group_parameters(marks[0], p.kind)
+            groups[p.name] = [g.name for g in generated]
+            expanded += generated
+        else:
+            expanded.append(p)
+    return expanded, groups
 
 
 def _option_names(annotations: dict) -> dict[str, str]:
@@ -219,7 +206,7 @@ def _apply_config(kwargs: dict, ctx, annotations: dict, command: str) -> dict:
     config_path = kwargs.get("config")
     if config_path is None:
         return kwargs
-    loaded = _load_config(Path(config_path), command)
+    loaded = load_config(Path(config_path), command)
     aliases = _option_names(annotations)
     loaded = {part: {aliases.get(k, k): v for k, v in values.items()} for part, values in loaded.items()}
     unknown = sorted(set(loaded["own"]) - set(annotations))
@@ -236,7 +223,7 @@ def _apply_config(kwargs: dict, ctx, annotations: dict, command: str) -> dict:
             continue  # command-line flags win
         if any(from_command_line(other) for pair in EXCLUSIVE_OPTIONS if name in pair for other in pair if other != name):
             continue  # the command line chose the other one of an exclusive pair (--tau over a config's ratio)
-        kwargs[name] = _convert(value, annotations[name], name, Path(config_path))
+        kwargs[name] = convert(value, annotations[name], name, Path(config_path))
     return kwargs
 
 
@@ -249,7 +236,9 @@ def _report_error(message: str) -> None:
 def ucan_command(*, model: bool = True):
     """Decorate a Typer command function that takes ``rt: RuntimeOptions`` as its last argument.
 
-    ``model=False`` leaves out the options that only matter when a model runs (device, dtype,
+    A parameter annotated ``MethodOptions`` (or ``method_options(NAME, ...)``) becomes the U-CAN
+    options, generated from ``methods.ucan.params``, at its place in the signature (so in the
+    help); the command receives their values as one dict. ``model=False`` leaves out the options that only matter when a model runs (device, dtype,
     batch size, max samples, max length).
     """
 
@@ -261,6 +250,7 @@ def ucan_command(*, model: bool = True):
         # Annotated option metadata of the command's own parameters.
         hints = typing.get_type_hints(fn, include_extras=True)
         params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "rt"]
+        params, groups = _expand_groups(params)
         extra = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[ann, option])
             for name, (ann, default, option) in specs.items()
@@ -277,6 +267,8 @@ def ucan_command(*, model: bool = True):
             try:
                 kwargs = _apply_config(kwargs, ctx, annotations, command_name)
                 rt = RuntimeOptions(**{name: kwargs.pop(name) for name in specs})
+                for group, names in groups.items():
+                    kwargs[group] = {name: kwargs.pop(name) for name in names}
                 with reading(rt.config):  # no output may overlap the --config file
                     return fn(*args, rt=rt, **kwargs)
             except typer.Exit:
@@ -327,6 +319,7 @@ __all__ = [
     "AllowOverlapOpt",
     "AllowPickleOpt",
     "EXIT_INPUT",
+    "MethodOptions",
     "PANEL_DATA",
     "PANEL_METHOD",
     "PANEL_MODEL",
@@ -337,6 +330,7 @@ __all__ = [
     "RuntimeOptions",
     "TemplateOpt",
     "TrustRemoteCodeOpt",
+    "method_options",
     "parse_int_list",
     "ucan_command",
 ]

@@ -7,24 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ucan_cli.method_options import (
-    DecayOpt,
-    HalvesOpt,
-    FloorOpt,
-    LambdaOpt,
-    MinGapOpt,
-    NoContrastOpt,
-    NoUtilityOpt,
-    RatioOpt,
-    SharpnessOpt,
-    TauOpt,
-    TokenScopeOpt,
-    TRiskOpt,
-    UnitOpt,
-)
 from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
+    MethodOptions,
     PANEL_DATA,
     PANEL_METHOD,
     PANEL_MODEL,
@@ -73,19 +59,7 @@ def attenuate(
             rich_help_panel=PANEL_DATA,
         ),
     ] = None,
-    unit: UnitOpt = None,
-    token_scope: TokenScopeOpt = None,
-    halves: HalvesOpt = None,
-    lam: LambdaOpt = None,
-    t_risk: TRiskOpt = None,
-    min_gap: MinGapOpt = None,
-    ratio: RatioOpt = None,
-    tau: TauOpt = None,
-    decay: DecayOpt = None,
-    sharpness: SharpnessOpt = None,
-    floor: FloorOpt = None,
-    no_contrast: NoContrastOpt = None,
-    no_utility: NoUtilityOpt = None,
+    options: MethodOptions = None,
     template: TemplateOpt = "alpaca",
     retain_max_samples: RetainMaxSamplesOpt = None,
     allow_overlap: AllowOverlapOpt = False,
@@ -141,12 +115,9 @@ def attenuate(
     ui = UI(rt)
     if adapter is None:
         raise InputError("--adapter: the input adapter directory is required")
-    method = {
-        "unit": unit, "lam": lam, "t_risk": t_risk, "min_gap": min_gap, "ratio": ratio, "tau": tau, "decay": decay,
-        "sharpness": sharpness, "floor": floor, "no_contrast": no_contrast, "no_utility": no_utility,
-    }
+    token_scope, halves = options.pop("token_scope"), options.pop("halves")
     run = run_attenuate(
-        adapter, output, base=base, forget=forget, retain=retain, scores=scores, params=method, token_scope=token_scope, halves=halves,
+        adapter, output, base=base, forget=forget, retain=retain, scores=scores, params=options, token_scope=token_scope, halves=halves,
         template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
         seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,
         receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,

@@ -9,11 +9,11 @@ in two sentences what the numbers mean, and prints the commands that redo each s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ucan_cli.options import PANEL_DATA, PANEL_METHOD, PANEL_OUTPUT, RuntimeOptions, ucan_command
+from ucan_cli.options import PANEL_DATA, PANEL_OUTPUT, RuntimeOptions, method_options, ucan_command
 
 BUDGET_COLD_S = 120.0
 BUDGET_CACHED_S = 30.0
@@ -21,6 +21,8 @@ BUDGET_MOVIELENS_COLD_S = 600.0
 DATA_CHOICES = ("synthetic", "movielens")
 SIZE_CHOICES = ("default", "small")
 EVAL_BOOTSTRAP = 200
+#: The one U-CAN option the demo takes (the budget); the others keep their defaults.
+RatioOption = method_options("ratio")
 
 
 @ucan_command()
@@ -52,10 +54,7 @@ def demo(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Rebuild the world (base model and adapters) instead of using the cached or shipped one.", rich_help_panel=PANEL_DATA)
     ] = False,
-    ratio: Annotated[
-        Optional[float],
-        typer.Option("--ratio", help="U-CAN budget: share of live units to attenuate (default: ucan attenuate's).", rich_help_panel=PANEL_METHOD),
-    ] = None,
+    options: RatioOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing -o directory.", rich_help_panel=PANEL_OUTPUT)] = False,
     *,
     rt: RuntimeOptions,
@@ -80,8 +79,10 @@ def demo(
     import time
 
     from ucan_cli.errors import InputError
+    from ucan_cli.methods.ucan.params import params_from_options
 
     t_start = time.perf_counter()
+    ratio = options["ratio"]
     if data not in DATA_CHOICES:
         raise InputError(f"--data: {data!r} is not one of {', '.join(DATA_CHOICES)}")
     from ucan_cli.demo.world import SCENARIOS
@@ -90,8 +91,7 @@ def demo(
         raise InputError(f"--scenario: {scenario!r} is not one of {', '.join(SCENARIOS)}")
     if size not in SIZE_CHOICES:
         raise InputError(f"--size: {size!r} is not one of {', '.join(SIZE_CHOICES)}")
-    if ratio is not None and not 0 < ratio <= 1:
-        raise InputError(f"--ratio must be in (0, 1], got {ratio}")
+    params_from_options(ratio=ratio)  # checks --ratio as score and attenuate do
     if rt.seed < 0:
         raise InputError(f"--seed must be >= 0 for the demo world, got {rt.seed}")
 
@@ -204,9 +204,8 @@ def _run(
     from ucan_cli.flows.attenuate import attenuate
     from ucan_cli.errors import NothingToDo
     from ucan_cli.methods.ucan.scorefile import save_score_file
-    from ucan_cli.method_options import params_to_dict
+    from ucan_cli.methods.ucan.params import params_from_options, params_to_dict
     from ucan_cli.report.score import score_document
-    from ucan_cli.methods.ucan.scoring import MethodParams
 
     timings: dict[str, float] = {}
     w = out / "world"
@@ -220,7 +219,7 @@ def _run(
     }
     common = dict(seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, max_length=rt.max_length,
                   max_samples=rt.max_samples)
-    params = MethodParams() if ratio is None else MethodParams(ratio=ratio)
+    params = params_from_options(ratio=ratio)
 
     t = time.perf_counter()
     run = api.score(str(paths["base"]), paths["original"], paths["forget"], paths["retain"], params=params,

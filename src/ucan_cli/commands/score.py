@@ -7,26 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ucan_cli.method_options import (
-    DecayOpt,
-    HalvesOpt,
-    FloorOpt,
-    LambdaOpt,
-    MinGapOpt,
-    NoContrastOpt,
-    NoUtilityOpt,
-    RatioOpt,
-    SharpnessOpt,
-    TauOpt,
-    TokenScopeOpt,
-    TRiskOpt,
-    UnitOpt,
-    params_from_options,
-    resolve_token_scope,
-)
 from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
+    MethodOptions,
     PANEL_DATA,
     PANEL_MODEL,
     PANEL_OUTPUT,
@@ -51,19 +35,7 @@ def score(
     ],
     forget: Annotated[Path, _opt("--forget", help="Records to forget (JSONL, .jsonl.gz, Parquet, Arrow).", panel=PANEL_DATA)],
     retain: Annotated[Path, _opt("--retain", help="Records to keep: the contrast and the noise reference.", panel=PANEL_DATA)],
-    unit: UnitOpt = None,
-    token_scope: TokenScopeOpt = None,
-    halves: HalvesOpt = None,
-    lam: LambdaOpt = None,
-    t_risk: TRiskOpt = None,
-    min_gap: MinGapOpt = None,
-    ratio: RatioOpt = None,
-    tau: TauOpt = None,
-    decay: DecayOpt = None,
-    sharpness: SharpnessOpt = None,
-    floor: FloorOpt = None,
-    no_contrast: NoContrastOpt = None,
-    no_utility: NoUtilityOpt = None,
+    options: MethodOptions = None,
     output: Annotated[
         Optional[Path],
         _opt("--output", "-o", help="Score file to write (safetensors). Required unless --dry-run.", panel=PANEL_OUTPUT),
@@ -104,13 +76,12 @@ def score(
       ucan score ... -o s.safetensors --unit rank --token-scope last --tau 1.5 --json | jq .verdict
     """
     from ucan_cli.errors import InputError
+    from ucan_cli.methods.ucan.params import params_from_options, resolve_token_scope
     from ucan_cli.ui import UI
 
     ui = UI(rt)
-    params = params_from_options(
-        unit=unit, lam=lam, t_risk=t_risk, min_gap=min_gap, ratio=ratio, tau=tau, decay=decay, sharpness=sharpness,
-        floor=floor, no_contrast=no_contrast, no_utility=no_utility,
-    )
+    token_scope, halves = options.pop("token_scope"), options.pop("halves")
+    params = params_from_options(**options)
     token_scope = resolve_token_scope(token_scope)
     if output is None and not dry_run:
         raise InputError("-o/--output is required (the score file to write), unless --dry-run")

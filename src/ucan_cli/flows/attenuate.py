@@ -17,7 +17,6 @@ writes nothing. The input adapter is only ever read.
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,34 +57,6 @@ class AttenuateRun:
     stats: Any = None
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
-
-
-#: Never written to ``ucan_config.toml``: ``--config`` refuses them (``options.COMMAND_LINE_ONLY``),
-#: so a rerun from an output must repeat ``--trust-remote-code`` / ``--allow-pickle`` itself.
-_COMMAND_LINE_ONLY = ("trust_remote_code", "allow_pickle")
-
-
-def config_toml(section: str, values: Mapping[str, Any]) -> str:
-    """A TOML table of scalar option values (None and the security switches left out), loadable
-    with ``--config``."""
-    lines = [
-        "# The resolved options of this run. Rerun with: ucan attenuate --config ucan_config.toml -o NEW_DIR",
-        f"[{section}]",
-    ]
-    lines += [
-        f"{key} = {_toml_value(value)}"
-        for key, value in values.items()
-        if value is not None and key not in _COMMAND_LINE_ONLY
-    ]
-    return "\n".join(lines) + "\n"
-
-
 #: Verdicts on which attenuate declines (exit 4, nothing written) unless ``accept_weak``. ``noise``
 #: has no eligible unit at all (steps 2-5 already raise NothingToDo); ``no-contrast`` (the w/o C
 #: ablation) has no noise comparison to decline on.
@@ -101,26 +72,10 @@ def decline_message(overview: Mapping[str, Any]) -> str:
     )
 
 
-#: CLI spelling of option keys whose flag differs from the parameter name.
-_FLAGS = {"lam": "--lambda"}
-
-
-def equivalent_command(values: Mapping[str, Any]) -> str:
-    """The ``ucan attenuate`` command line that reproduces a call (for API use without argv)."""
-    argv = ["ucan", "attenuate"]
-    for key, value in values.items():
-        if value is None or value is False:
-            continue
-        flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
-        argv += [flag] if value is True else [flag, str(value)]
-    return shlex.join(argv)
-
-
 def _resolve_params(params, base):
     """``params`` may be a ``MethodParams`` (used as is), a mapping of option values merged over
-    ``base`` (``method_options.params_from_options``), or None (``base`` or the defaults)."""
-    from ucan_cli.method_options import params_from_options
-    from ucan_cli.methods.ucan.scoring import MethodParams
+    ``base`` (``params_from_options``), or None (``base`` or the defaults)."""
+    from ucan_cli.methods.ucan.params import MethodParams, params_from_options
 
     if isinstance(params, MethodParams):
         return params.validate()
@@ -129,8 +84,7 @@ def _resolve_params(params, base):
 
 def _score_file_params(meta: Mapping[str, Any], unit: str):
     """The parameters a score file was made with (its ``params`` meta), else defaults for its unit."""
-    from ucan_cli.method_options import params_from_dict
-    from ucan_cli.methods.ucan.scoring import MethodParams
+    from ucan_cli.methods.ucan.params import MethodParams, params_from_dict
 
     stored = meta.get("params")
     if isinstance(stored, Mapping):
@@ -212,7 +166,8 @@ def attenuate(
     from ucan_cli.io.ledger import check_adapter_head, check_repeat, new_entry, read_ledger, write_ledger
     from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
     from ucan_cli.io.receipts import key_fingerprint, key_path, load_or_create_key, set_receipt
-    from ucan_cli.method_options import params_to_dict, resolve_token_scope
+    from ucan_cli.config import config_toml, equivalent_command
+    from ucan_cli.methods.ucan.params import FLAGS, option_values, params_to_dict, resolve_token_scope
     from ucan_cli.report.attenuate import attenuate_document, attenuate_markdown
     from ucan_cli.report.card import model_card
     from ucan_cli.methods.ucan.scoring import compute_scores
@@ -361,18 +316,15 @@ def attenuate(
         base_label = score_meta["base"].get("id")
     cli_values = {
         "base": base_label and str(base_label), "adapter": str(source.path), "forget": forget and str(forget), "retain": retain and str(retain),
-        "scores": scores and str(scores), "unit": params.unit, "token_scope": scope,
-        "halves": score_meta.get("halves"), "lam": params.lam,
-        "t_risk": params.t_risk, "min_gap": params.min_gap, "ratio": params.ratio, "tau": params.tau,
-        "decay": params.decay, "sharpness": params.sharpness, "floor": params.floor,
-        "no_contrast": params.no_contrast, "no_utility": params.no_utility, "template": template,
+        "scores": scores and str(scores), **option_values(params, token_scope=scope, halves=score_meta.get("halves")),
+        "template": template,
         "max_length": max_length, "max_samples": max_samples, "retain_max_samples": retain_max_samples,
         "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype,
         "allow_overlap": allow_overlap, "receipt_key": receipt_key and str(receipt_key),
         "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code, "accept_weak": accept_weak,
     }
     if command_line is None:
-        command_line = equivalent_command({**cli_values, "output": out_dir and str(out_dir), "dry_run": dry_run})
+        command_line = equivalent_command("attenuate", {**cli_values, "output": out_dir and str(out_dir), "dry_run": dry_run}, FLAGS)
     inputs = {
         "base": base_label and str(base_label),
         "adapter": {"path": str(source.path), "sha256": source.sha256},

@@ -21,17 +21,14 @@ from typing import Any
 import numpy as np
 
 from ucan_cli._version import __version__
-from ucan_cli.methods.ucan.statistics import SCOPES, Statistics, collect_statistics, method_inputs, scope_token_count
+from ucan_cli.methods.ucan.statistics import Statistics, collect_statistics, method_inputs, scope_token_count
 from ucan_cli.errors import InputError, NothingToDo
 from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.data import RecordSet, check_disjoint, read_records
 from ucan_cli.io.tokenize import Encoded
 from ucan_cli.progress import ProgressFactory
-from ucan_cli.methods.ucan.scoring import (
-    MethodParams,
-    ScoreResult,
-    compute_scores,
-)
+from ucan_cli.methods.ucan.params import TOKEN_SCOPES, MethodParams
+from ucan_cli.methods.ucan.scoring import ScoreResult, compute_scores
 
 NOISE_SENTENCE = (
     "the contrast is at noise level: no unit is forget-specific; U-CAN would edit noise. This happens when "
@@ -177,8 +174,8 @@ class _Prepared:
 
 def _check_options(params, token_scope, batch_size, max_length, max_samples, retain_max_samples) -> None:
     params.validate()
-    if token_scope not in SCOPES:
-        raise InputError(f"--token-scope must be one of {', '.join(SCOPES)}, got {token_scope!r}")
+    if token_scope not in TOKEN_SCOPES:
+        raise InputError(f"--token-scope must be one of {', '.join(TOKEN_SCOPES)}, got {token_scope!r}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
     if max_length is not None and max_length < 2:

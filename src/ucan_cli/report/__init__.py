@@ -3,6 +3,10 @@
 One module per command's report (``inspect``, ``score``, ``attenuate``, ``eval``) plus the model
 card; this module holds the small formatting helpers they share. Nothing here computes a metric
 or a score: reports only lay out numbers the library already produced.
+
+The document builders (``*_document``, ``*_markdown``, ``model_card``) are library code that the
+flows call; the ``render_*`` functions draw Rich tables for the CLI and import Rich inside
+themselves, so importing a report module never loads Rich (tests/test_library_boundary.py).
 """
 
 from __future__ import annotations

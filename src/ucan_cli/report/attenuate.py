@@ -11,8 +11,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.table import Table
-
 from ucan_cli._version import __version__
 from ucan_cli.evaluation.metrics import json_safe
 
@@ -102,6 +100,8 @@ def _edited_modules(doc: Mapping[str, Any], limit: int | None) -> tuple[list[dic
 
 def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> None:
     """Summary, the most-changed modules and the time per stage, on the UI's table stream."""
+    from rich.table import Table
+
     from ucan_cli.report import fmt
 
     title = "U-CAN attenuation (dry run: nothing written)" if doc["dry_run"] else f"U-CAN attenuation -> {doc['output']['path']}"

@@ -13,8 +13,6 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from rich.table import Table
-
 from ucan_cli._version import __version__
 from ucan_cli.evaluation.metrics import json_safe
 
@@ -209,6 +207,8 @@ def _fmt(value: Any) -> str:
 
 def render_eval(ui, document: dict) -> None:
     """The summary table: one column per adapter, rows grouped, coloured against the original."""
+    from rich.table import Table
+
     adapters = [a["id"] for a in document["adapters"]]
     table = Table(title="ucan eval", title_justify="left")
     table.add_column("metric", justify="left", no_wrap=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-from rich.table import Table
-
 from ucan_cli._version import __version__
 
 SCHEMA_VERSION = 1
@@ -62,6 +60,8 @@ def inspect_document(adapter, summaries, warnings: list[str], base_check: dict |
 
 
 def render_inspect(ui, document: dict, *, limit: int | None = 40) -> None:
+    from rich.table import Table
+
     from ucan_cli.report import fmt
 
     table = Table(title=f"LoRA adapter {document['adapter']}", title_justify="left")

@@ -10,8 +10,6 @@ import math
 from typing import Any
 
 import numpy as np
-from rich.table import Table
-from rich.text import Text
 
 from ucan_cli._version import __version__
 
@@ -136,6 +134,9 @@ def score_document(run, *, output: str | None, written: bool, top: int = 10) -> 
 
 def render_score(ui, doc: dict[str, Any], *, module_limit: int = 40) -> None:
     """Rich tables: data, modules with eligible units, top units, the noise comparison, verdict."""
+    from rich.table import Table
+    from rich.text import Text
+
     from ucan_cli.report import fmt
 
     inputs = doc["inputs"]
@@ -230,6 +231,8 @@ def dry_run_document(plan) -> dict[str, Any]:
 
 
 def render_dry_run(ui, doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
     from ucan_cli.report import fmt
 
     c = doc["counts"]

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ucan_cli.methods.ucan.statistics import SCOPES, SET_NAMES, Statistics
+from ucan_cli.methods.ucan.statistics import SET_NAMES, Statistics
 from ucan_cli.errors import InputError
 from ucan_cli.io.canonical import canonical_safetensors
 from ucan_cli.io.outdir import atomic_write_file
-from ucan_cli.methods.ucan.scoring import UNITS, ScoreResult, SetStats
+from ucan_cli.methods.ucan.params import TOKEN_SCOPES, UNITS
+from ucan_cli.methods.ucan.scoring import ScoreResult, SetStats
 
 FORMAT = "ucan-scores"
 SCHEMA_VERSION = 1
@@ -152,7 +153,7 @@ def load_score_file(path: str | Path) -> tuple[Statistics, dict]:
             raise InputError(f"{path}: damaged score file: tensor {name!r} is missing")
         return tensors[name]
 
-    if header.get("unit") not in UNITS or header.get("scope") not in SCOPES:
+    if header.get("unit") not in UNITS or header.get("scope") not in TOKEN_SCOPES:
         raise InputError(f"{path}: damaged score file: unit {header.get('unit')!r}, scope {header.get('scope')!r}")
     try:
         sets = {

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ucan_cli.errors import InputError, NothingToDo, UcanRuntimeError
+from ucan_cli.errors import NothingToDo, UcanRuntimeError
+from ucan_cli.methods.ucan.params import MethodParams
 
 MAD_TO_SIGMA = 1.4826
 """1.4826 * MAD estimates a normal standard deviation."""
@@ -60,8 +61,6 @@ HALF_FACTOR_TOL = 1e-12
 """Tolerance when counting #(s <= (1 + floor) / 2), so the unit at tau (s(tau) = (1+floor)/2 up
 to rounding) is counted."""
 
-DECAYS = ("sigmoid", "exp", "hard")
-UNITS = ("output", "rank")
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,74 +109,6 @@ class SetStats:
     def n_units(self) -> int:
         """Number of units these statistics cover."""
         return int(self.sum_abs.shape[0])
-
-
-@dataclass(frozen=True)
-class MethodParams:
-    """The method options of SPEC section 3 (CLI names in brackets).
-
-    Attributes:
-        lam: utility weight lambda in S = Rh - lambda * Uh (``--lambda``).
-        t_risk: R must reach t_risk * sigma0 (``--t-risk``).
-        min_gap: R must reach log(1 + min_gap) (``--min-gap``).
-        ratio: budget share of live units, k = ceil(ratio * N_live) (``--ratio``). Must be
-            ``None`` when ``tau`` is given: the two are mutually exclusive, so a CLI that
-            defaults ``--ratio`` passes ``ratio=None`` whenever ``--tau`` is set.
-        tau: score threshold; selects every eligible unit with S >= tau (``--tau``).
-        decay: ``exp`` (default), ``sigmoid`` or ``hard`` (``--decay``).
-        sharpness: gamma of the decay (``--sharpness``).
-        floor: smallest factor, in [0, 1) (``--floor``).
-        no_contrast: ablation w/o C (``--no-contrast``).
-        no_utility: ablation w/o F, lambda = 0 (``--no-utility``).
-        unit: ``output`` (default) or ``rank`` (``--unit``).
-    """
-
-    lam: float = 0.5
-    t_risk: float = 3.0
-    min_gap: float = 0.05
-    ratio: float | None = 0.1
-    tau: float | None = None
-    decay: str = "exp"
-    sharpness: float = 4.0
-    floor: float = 0.0
-    no_contrast: bool = False
-    no_utility: bool = False
-    unit: str = "output"
-
-    def validate(self) -> MethodParams:
-        """Raise ``InputError`` naming the option when a value is out of range; return self."""
-
-        def finite(x: float) -> bool:
-            return isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(x)
-
-        if not (finite(self.lam) and self.lam >= 0):
-            raise InputError(f"--lambda must be a finite number >= 0, got {self.lam}")
-        if not (finite(self.t_risk) and self.t_risk >= 0):
-            raise InputError(f"--t-risk must be a finite number >= 0, got {self.t_risk}")
-        if not (finite(self.min_gap) and self.min_gap >= 0):
-            raise InputError(f"--min-gap must be a finite number >= 0, got {self.min_gap}")
-        if self.ratio is not None and self.tau is not None:
-            raise InputError("--ratio and --tau are mutually exclusive; give one of them")
-        if self.ratio is None and self.tau is None:
-            raise InputError("one of --ratio or --tau is required")
-        if self.ratio is not None and not (finite(self.ratio) and 0 < self.ratio <= 1):
-            raise InputError(f"--ratio must be in (0, 1], got {self.ratio}")
-        if self.tau is not None and not finite(self.tau):
-            raise InputError(f"--tau must be a finite number, got {self.tau}")
-        if self.decay not in DECAYS:
-            raise InputError(f"--decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
-        if not (finite(self.sharpness) and self.sharpness > 0):
-            raise InputError(f"--sharpness must be a finite number > 0, got {self.sharpness}")
-        if not (finite(self.floor) and 0 <= self.floor < 1):
-            raise InputError(f"--floor must be in [0, 1), got {self.floor}")
-        if self.unit not in UNITS:
-            raise InputError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
-        return self
-
-    @property
-    def effective_lambda(self) -> float:
-        """lambda as used in the fusion: 0 under ``no_utility`` (w/o F)."""
-        return 0.0 if self.no_utility else float(self.lam)
 
 
 # --------------------------------------------------------------------------------------------

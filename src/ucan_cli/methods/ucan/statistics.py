@@ -30,10 +30,10 @@ from ucan_cli.errors import UcanRuntimeError
 from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.tokenize import Encoded, iter_batches
 from ucan_cli.progress import ProgressFactory, or_null
-from ucan_cli.methods.ucan.scoring import UNITS, SetStats
+from ucan_cli.methods.ucan.params import TOKEN_SCOPES, UNITS
+from ucan_cli.methods.ucan.scoring import SetStats
 from ucan_cli.runtime.models import accepts_logits_to_keep, model_device
 
-SCOPES = ("response", "last", "all")
 SET_NAMES = ("forget", "retain", "half_a", "half_b")
 
 CHUNK_ELEMENTS = 1 << 22
@@ -80,8 +80,8 @@ class Statistics:
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.scope not in TOKEN_SCOPES:
+            raise ValueError(f"scope must be one of {TOKEN_SCOPES}, got {self.scope!r}")
         if len(self.module_names) != len(self.module_sizes):
             raise ValueError("module_names and module_sizes differ in length")
         self.module_sizes = [int(s) for s in self.module_sizes]
@@ -412,8 +412,8 @@ def collect_statistics(
     """
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if scope not in TOKEN_SCOPES:
+        raise ValueError(f"scope must be one of {TOKEN_SCOPES}, got {scope!r}")
     n_retain = len(retain_encoded)
     idx_a, idx_b = (np.asarray(list(h), dtype=np.int64) for h in halves)
     for h in (idx_a, idx_b):

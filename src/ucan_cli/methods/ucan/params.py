@@ -1,0 +1,280 @@
+"""U-CAN's parameters, declared once: each field carries how it appears outside Python.
+
+``MethodParams`` holds the eleven parameters of steps 2-5 (SPEC section 3); ``StatisticsOptions``
+the two choices of step 1 that are not part of ``MethodParams`` (token scope, retain halves).
+Every field's ``metadata["option"]`` is an ``OptionSpec``: the command-line flag, the help text,
+the lower bound, the choices, the help panel, the option it excludes, and whether it decides the
+step-1 statistics. Everything else is derived from these declarations:
+
+* the Typer options of ``score``, ``attenuate`` and ``demo`` (``ucan_cli.options`` generates them);
+* the ``--config`` keys (the long flag, ``lambda`` for ``--lambda``, and the field name);
+* ``DEFAULTS``, the report's and the ledger's ``options`` (``params_to_dict``), the method part
+  of ``ucan_config.toml`` (``option_values``) and the flag spelling of the equivalent command line
+  (``FLAGS``).
+
+``option_fields()`` gives the order the CLI shows them and ``ucan_config.toml`` writes them: the
+options that decide the statistics first (a score file fixes them), then the ones that turn
+statistics into factors, each group in declaration order.
+
+The field order of ``MethodParams`` is part of the score-file format (its ``params`` metadata is
+``dataclasses.asdict``): never reorder it. This module imports neither NumPy nor Typer (command
+modules import it to build ``ucan --help``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any
+
+from ucan_cli.errors import InputError
+
+DECAYS = ("sigmoid", "exp", "hard")
+UNITS = ("output", "rank")
+TOKEN_SCOPES = ("response", "last", "all")
+PANEL_METHOD = "Method"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one parameter appears on the command line and in config files.
+
+    Attributes:
+        flag: the long flag; ``"--no-contrast/--contrast"`` for a switch (declared sense first).
+        help: the help text (states the default where it is not obvious).
+        min: the smallest value the command line accepts (Typer's ``min``), or None.
+        choices: the accepted values (checked by the library, which names the flag), or None.
+        panel: the help panel.
+        excludes: the field name of an option this one excludes (``ratio`` and ``tau``).
+        statistics: the option decides the step-1 statistics, so a score file fixes it.
+    """
+
+    flag: str
+    help: str
+    min: float | None = None
+    choices: tuple[str, ...] | None = None
+    panel: str = PANEL_METHOD
+    excludes: str | None = None
+    statistics: bool = False
+
+    @property
+    def long(self) -> str:
+        """The declared flag without its negation: ``--no-contrast`` for ``--no-contrast/--contrast``."""
+        return self.flag.split("/")[0]
+
+    @property
+    def key(self) -> str:
+        """The config key the flag spells: ``lambda`` for ``--lambda``."""
+        return self.long[2:].replace("-", "_")
+
+
+def option(default: Any, flag: str, help: str, **spec: Any) -> Any:
+    """A dataclass field with ``default`` whose metadata is ``OptionSpec(flag, help, **spec)``."""
+    return field(default=default, metadata={"option": OptionSpec(flag, help, **spec)})
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """The method options of SPEC section 3 (CLI names in each field's ``OptionSpec``).
+
+    Attributes:
+        lam: utility weight lambda in S = Rh - lambda * Uh (``--lambda``).
+        t_risk: R must reach t_risk * sigma0 (``--t-risk``).
+        min_gap: R must reach log(1 + min_gap) (``--min-gap``).
+        ratio: budget share of live units, k = ceil(ratio * N_live) (``--ratio``). Must be
+            ``None`` when ``tau`` is given: the two are mutually exclusive, so a CLI that
+            defaults ``--ratio`` passes ``ratio=None`` whenever ``--tau`` is set.
+        tau: score threshold; selects every eligible unit with S >= tau (``--tau``).
+        decay: ``exp`` (default), ``sigmoid`` or ``hard`` (``--decay``).
+        sharpness: gamma of the decay (``--sharpness``).
+        floor: smallest factor, in [0, 1) (``--floor``).
+        no_contrast: ablation w/o C (``--no-contrast``).
+        no_utility: ablation w/o F, lambda = 0 (``--no-utility``).
+        unit: ``output`` (default) or ``rank`` (``--unit``).
+
+    Defaults were tuned on the demo world (benchmarks/sweep.py; evidence in docs/method.md,
+    "Tuned defaults (evidence)").
+    """
+
+    lam: float = option(0.5, "--lambda", "Utility weight: S = Rh - lambda * Uh (default 0.5).", min=0.0)
+    t_risk: float = option(
+        3.0, "--t-risk", "Noise gate: R must reach t_risk x sigma0, the spread between retain halves (default 3).", min=0.0
+    )
+    min_gap: float = option(
+        0.05, "--min-gap", "R must reach log(1 + min_gap): forget activation at least this much above retain (default 0.05).",
+        min=0.0,
+    )
+    ratio: float | None = option(
+        0.1, "--ratio", "Budget: at most ceil(ratio x live units) units at s <= (1+floor)/2 (default 0.1).", excludes="tau"
+    )
+    tau: float | None = option(
+        None, "--tau", "Threshold on S instead of a budget: every eligible unit with S >= tau.", excludes="ratio"
+    )
+    decay: str = option(
+        "exp", "--decay", "Soft attenuation: exp (default), sigmoid, or hard (ablation w/o H: s = floor for the selected units).",
+        choices=DECAYS,
+    )
+    sharpness: float = option(4.0, "--sharpness", "gamma of the decay (default 4).", min=0.0)
+    floor: float = option(0.0, "--floor", "Smallest factor, in [0, 1) (default 0).", min=0.0)
+    no_contrast: bool = option(
+        False, "--no-contrast/--contrast", "Ablation w/o C: risk from forget activations alone (eligibility Rh >= 1)."
+    )
+    no_utility: bool = option(False, "--no-utility/--utility", "Ablation w/o F: lambda = 0.")
+    unit: str = option(
+        "output", "--unit",
+        "Unit to score and edit: output (one output neuron of B A; default) or rank (one LoRA bottleneck neuron).",
+        choices=UNITS, statistics=True,
+    )
+
+    def validate(self) -> MethodParams:
+        """Raise ``InputError`` naming the option when a value is out of range; return self."""
+        import numpy as np
+
+        def finite(x: float) -> bool:
+            return isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(x)
+
+        if not (finite(self.lam) and self.lam >= 0):
+            raise InputError(f"--lambda must be a finite number >= 0, got {self.lam}")
+        if not (finite(self.t_risk) and self.t_risk >= 0):
+            raise InputError(f"--t-risk must be a finite number >= 0, got {self.t_risk}")
+        if not (finite(self.min_gap) and self.min_gap >= 0):
+            raise InputError(f"--min-gap must be a finite number >= 0, got {self.min_gap}")
+        if self.ratio is not None and self.tau is not None:
+            raise InputError("--ratio and --tau are mutually exclusive; give one of them")
+        if self.ratio is None and self.tau is None:
+            raise InputError("one of --ratio or --tau is required")
+        if self.ratio is not None and not (finite(self.ratio) and 0 < self.ratio <= 1):
+            raise InputError(f"--ratio must be in (0, 1], got {self.ratio}")
+        if self.tau is not None and not finite(self.tau):
+            raise InputError(f"--tau must be a finite number, got {self.tau}")
+        if self.decay not in DECAYS:
+            raise InputError(f"--decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
+        if not (finite(self.sharpness) and self.sharpness > 0):
+            raise InputError(f"--sharpness must be a finite number > 0, got {self.sharpness}")
+        if not (finite(self.floor) and 0 <= self.floor < 1):
+            raise InputError(f"--floor must be in [0, 1), got {self.floor}")
+        if self.unit not in UNITS:
+            raise InputError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        return self
+
+    @property
+    def effective_lambda(self) -> float:
+        """lambda as used in the fusion: 0 under ``no_utility`` (w/o F)."""
+        return 0.0 if self.no_utility else float(self.lam)
+
+
+@dataclass(frozen=True)
+class StatisticsOptions:
+    """The step-1 choices that ``MethodParams`` does not hold (a score file fixes both)."""
+
+    token_scope: str = option(
+        "response", "--token-scope",
+        "Positions whose activations count: response (predicting response tokens; default), last (last prompt position) or all.",
+        choices=TOKEN_SCOPES, statistics=True,
+    )
+    halves: str = option(
+        "auto", "--halves",
+        "How the retain set splits into the two halves of the noise reference: users (each user's records in one "
+        "half, like forget and retain), records, or auto (users when every record has a user_id; default).",
+        statistics=True,
+    )
+
+
+def option_fields() -> list[Field]:
+    """Every U-CAN option, in CLI order: those that decide the statistics first, then the rest."""
+    declared = [*fields(MethodParams), *fields(StatisticsOptions)]
+    return sorted(declared, key=lambda f: not f.metadata["option"].statistics)  # stable: declaration order within
+
+
+def spec(name: str) -> OptionSpec:
+    """The ``OptionSpec`` of the option named ``name`` (a field name)."""
+    for f in option_fields():
+        if f.name == name:
+            return f.metadata["option"]
+    raise KeyError(name)
+
+
+#: Documented defaults of every option, keyed by field name, in CLI order (``MethodParams()``'s
+#: values plus ``token_scope`` and ``halves``).
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in option_fields()}
+#: Field name -> flag, where the flag is not ``--`` + the name with dashes (``lam``: ``--lambda``).
+FLAGS: dict[str, str] = {
+    f.name: f.metadata["option"].long for f in option_fields() if f.metadata["option"].long != "--" + f.name.replace("_", "-")
+}
+#: Options that exclude each other (one given on the command line drops the other from --config).
+EXCLUSIVE: tuple[tuple[str, str], ...] = tuple(
+    (f.name, f.metadata["option"].excludes) for f in fields(MethodParams)
+    if f.metadata["option"].excludes and f.name < f.metadata["option"].excludes
+)
+_PARAM_NAMES = tuple(f.name for f in fields(MethodParams))
+
+
+def params_from_options(base: MethodParams | None = None, **given: Any) -> MethodParams:
+    """Merge the given options (keyword = field name; None = not given) over ``base`` (default:
+    ``MethodParams()``), validated.
+
+    ``--ratio`` and ``--tau`` exclude each other: giving both is an ``InputError``; giving one
+    clears the other, so ``--tau`` overrides a base that had a ratio and vice versa.
+    """
+    unknown = sorted(set(given) - set(_PARAM_NAMES))
+    if unknown:
+        raise TypeError(f"params_from_options: unknown method option(s) {', '.join(unknown)}")
+    changes = {k: v for k, v in given.items() if v is not None}
+    for name, other in EXCLUSIVE:
+        if name in changes and other in changes:
+            raise InputError(f"{spec(name).long} and {spec(other).long} are mutually exclusive; give one of them")
+    for name in list(changes):
+        excluded = spec(name).excludes
+        if excluded:
+            changes[excluded] = None
+    params = base if base is not None else MethodParams()
+    return replace(params, **changes).validate()
+
+
+def resolve_token_scope(token_scope: str | None, fallback: str | None = None) -> str:
+    """The token scope: the option, else ``fallback`` (a score file's), else ``response``."""
+    scope = token_scope or fallback or DEFAULTS["token_scope"]
+    if scope not in TOKEN_SCOPES:
+        raise InputError(f"--token-scope must be one of {', '.join(TOKEN_SCOPES)}, got {scope!r}")
+    return scope
+
+
+def params_to_dict(params: MethodParams) -> dict[str, Any]:
+    """JSON/TOML-friendly view of the parameters, keyed by field name in field order (the report's
+    and the ledger's ``options``)."""
+    return {f.name: getattr(params, f.name) for f in fields(params)}
+
+
+def params_from_dict(data: dict[str, Any]) -> MethodParams:
+    """Inverse of ``params_to_dict`` (unknown keys are an ``InputError``): for score-file metadata."""
+    unknown = sorted(set(data) - set(_PARAM_NAMES))
+    if unknown:
+        raise InputError(f"unknown method parameter(s) {', '.join(unknown)}")
+    return MethodParams(**data).validate()
+
+
+def option_values(params: MethodParams, *, token_scope: str | None, halves: str | None) -> dict[str, Any]:
+    """Every option's resolved value keyed by field name, in CLI order (``ucan_config.toml``)."""
+    values = {**params_to_dict(params), "token_scope": token_scope, "halves": halves}
+    return {f.name: values[f.name] for f in option_fields()}
+
+
+__all__ = [
+    "DECAYS",
+    "DEFAULTS",
+    "EXCLUSIVE",
+    "FLAGS",
+    "MethodParams",
+    "OptionSpec",
+    "StatisticsOptions",
+    "TOKEN_SCOPES",
+    "UNITS",
+    "option",
+    "option_fields",
+    "option_values",
+    "params_from_dict",
+    "params_from_options",
+    "params_to_dict",
+    "resolve_token_scope",
+    "spec",
+]
