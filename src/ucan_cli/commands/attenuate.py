@@ -73,6 +73,15 @@ def attenuate(
             rich_help_panel=PANEL_DATA,
         ),
     ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="Unlearning method: ucan (the default), or random: U-CAN's budget (its factors) on as many randomly "
+            "drawn live units, seeded by --seed, a control for the choice of units.",
+            rich_help_panel=PANEL_METHOD,
+        ),
+    ] = "ucan",
     unit: UnitOpt = None,
     token_scope: TokenScopeOpt = None,
     halves: HalvesOpt = None,
@@ -118,6 +127,8 @@ def attenuate(
 
     Writes OUT_DIR: the attenuated adapter (loads with PeftModel.from_pretrained), README.md (model card), ucan_report.json / ucan_report.md, ucan_config.toml and ucan_ledger.jsonl. The input adapter is never modified. Exit 4, with nothing written, when no unit is eligible or when the contrast is no stronger than noise (verdict weak; --accept-weak edits anyway).
 
+    --method random writes the control: the same budget on randomly drawn live units (same documents; the report and ledger name the method).
+
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 
     Examples:
@@ -129,6 +140,8 @@ def attenuate(
       ucan attenuate --adapter ./adapter --scores scores.safetensors --ratio 0.02 -o ./adapter-forgot
 
       ucan attenuate --adapter ./adapter-forgot --scores scores2.safetensors --forget f2.jsonl -o ./adapter-forgot-2
+
+      ucan attenuate --adapter ./adapter --scores scores.safetensors --method random --seed 1 -o ./adapter-random
     """
     import shlex
     import sys
@@ -141,12 +154,12 @@ def attenuate(
     ui = UI(rt)
     if adapter is None:
         raise InputError("--adapter: the input adapter directory is required")
-    method = {
+    params = {
         "unit": unit, "lam": lam, "t_risk": t_risk, "min_gap": min_gap, "ratio": ratio, "tau": tau, "decay": decay,
         "sharpness": sharpness, "floor": floor, "no_contrast": no_contrast, "no_utility": no_utility,
     }
     run = run_attenuate(
-        adapter, output, base=base, forget=forget, retain=retain, scores=scores, params=method, token_scope=token_scope, halves=halves,
+        adapter, output, base=base, forget=forget, retain=retain, scores=scores, method=method, params=params, token_scope=token_scope, halves=halves,
         template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
         seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,
         receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
