@@ -5,10 +5,10 @@ forget/retain/holdout JSONL), with the method defaults of ``ucan_cli.methods.uca
 
 - ``U-CAN``: the defaults;
 - ``w/o C`` (``--no-contrast``), ``w/o F`` (``--no-utility``), ``w/o H`` (``--decay hard``);
-- ``random``: as many units as U-CAN edits (its #(s < 1)), drawn uniformly from the live units
-  with a seeded RNG, given a random permutation of U-CAN's own factors (the same multiset, hence
-  the same budget sum(1 - s)), applied with ``ucan_cli.methods.ucan.edit.apply_factors``; ``--draws``
-  independent draws, reported one by one and as their mean;
+- ``random``: the random-units control, ``ucan_cli.methods.random_units`` (as many units as U-CAN
+  edits, drawn uniformly from the live units, given a random permutation of U-CAN's own factors:
+  the same multiset, hence the same budget sum(1 - s)); ``--draws`` independent draws (seeds 0, 1,
+  ...), reported one by one and as their mean;
 - the original, the retrained reference and the base alone, for scale.
 
 Statistics come from one ``ucan score`` pass (the ablations reuse its score file). All adapters are
@@ -92,28 +92,22 @@ def with_overrides(config: Config, items: Sequence[str]) -> Config:
 
 
 def random_units(bench: Bench, att: dict, draw: int) -> tuple[Path, dict]:
-    """An adapter with U-CAN's factor multiset on as many live units drawn uniformly (seeded)."""
+    """The random-units control (``ucan_cli.methods.random_units``) of U-CAN's run, draw ``draw``
+    (its seed): U-CAN's factor multiset on as many live units drawn uniformly."""
     import numpy as np
 
-    from ucan_cli.methods.ucan.edit import apply_factors, unit_factors_by_module
     from ucan_cli.io.adapter import LoraAdapter
+    from ucan_cli.methods.registry import get as get_method
 
     result, stats = att["result"], att["stats"]
-    rng = np.random.default_rng([draw, 6])
-    edited = np.flatnonzero(result.s < 1.0)
-    live = np.flatnonzero(result.live)
-    chosen = rng.choice(live, size=edited.size, replace=False)
-    factors = np.ones_like(result.s)
-    factors[chosen] = rng.permutation(result.s[edited])
-    source = LoraAdapter.load(bench.original)
-    new, _ = apply_factors(source, unit_factors_by_module(stats, factors), result.params.unit, floor=result.params.floor)
+    edit = get_method("random").edit(LoraAdapter.load(bench.original), stats, result.params, seed=draw)
     out = bench.new_dir("random")
     out.mkdir()
-    new.write_into(out)
-    overlap = int(np.isin(chosen, np.flatnonzero(result.selected)).sum())
+    edit.adapter.write_into(out)
+    overlap = int(np.isin(edit.result.chosen, np.flatnonzero(result.selected)).sum())  # with U-CAN's k selected units
     info = {
-        "draw": draw, "n_attenuated": int(edited.size), "n_live": int(live.size),
-        "budget_sum_1_minus_s": float((1.0 - factors).sum()), "overlap_with_selected": overlap,
+        "draw": draw, "n_attenuated": edit.summary["n_attenuated"], "n_live": int(result.n_live),
+        "budget_sum_1_minus_s": edit.summary["budget_sum_1_minus_s"], "overlap_with_selected": overlap,
     }
     return out, info
 

@@ -649,3 +649,48 @@ def test_config_ratio_yields_to_tau_on_the_command_line(tmp_path, adapters, scor
     clash = invoke("--adapter", adapters["llama"], "--scores", scored["llama"], "-o", out, "--dry-run",
                    "--ratio", "0.1", "--tau", "0.5", "--receipt-key", scored["root"] / "key")
     assert clash.exit_code == 2
+
+
+# ------------------------------------------------------------------------------------ --method
+
+
+def test_method_random_writes_the_control_with_the_same_documents(tmp_path, adapters, scored):
+    """--method random: U-CAN's budget on randomly drawn live units, seeded by --seed, written with
+    the same documents; the report, the ledger and ucan_config.toml name the method, and the config
+    reruns to the same bytes. The default run records method ucan."""
+    import tomllib
+
+    from ucan_cli.flows.attenuate import attenuate
+
+    root = scored["root"]
+    args = ["--adapter", adapters["llama"], "--scores", scored["llama"], "--receipt-key", root / "key"]
+    ucan, control = tmp_path / "ucan", tmp_path / "random"
+    assert invoke(*args, "-o", ucan).exit_code == 0
+    result = invoke(*args, "--method", "random", "--seed", "3", "-o", control, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in control.iterdir()) == sorted(p.name for p in ucan.iterdir())
+    doc = json.loads((control / "ucan_report.json").read_text())
+    assert json.loads(result.stdout)["summary"] == doc["summary"]
+    reference = json.loads((ucan / "ucan_report.json").read_text())
+    assert (reference["options"]["method"], doc["options"]["method"]) == ("ucan", "random")
+    for name in ("ucan", "random"):
+        entry = json.loads((tmp_path / name / "ucan_ledger.jsonl").read_text().splitlines()[-1])
+        assert entry["options"]["method"] == name
+        assert tomllib.loads((tmp_path / name / "ucan_config.toml").read_text())["attenuate"]["method"] == name
+    assert doc["summary"]["n_attenuated"] == reference["summary"]["n_attenuated"] > 0
+    assert doc["summary"]["budget_sum_1_minus_s"] == pytest.approx(reference["summary"]["budget_sum_1_minus_s"], rel=1e-12)
+    assert doc["summary"]["random_units"]["seed"] == 3
+    weights = (control / "adapter_model.safetensors").read_bytes()
+    assert weights != (ucan / "adapter_model.safetensors").read_bytes()
+    again = runner.invoke(app, ["attenuate", "--config", str(control / "ucan_config.toml"), "-o", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.stderr
+    assert (tmp_path / "again" / "adapter_model.safetensors").read_bytes() == weights
+    # The library call returns the draw: U-CAN's factor multiset on drawn units.
+    run = attenuate(adapters["llama"], None, scores=scored["llama"], receipt_key=root / "key", method="random", seed=3, dry_run=True)
+    assert run.method == "random" and run.output_sha256 is None
+    ucan_s = run.result.ucan.s
+    assert np.array_equal(np.sort(run.result.s[run.result.chosen]), np.sort(ucan_s[ucan_s < 1]))
+    # An unknown method is an input error that lists the known ones; nothing is written.
+    result = invoke(*args, "--method", "nope", "-o", tmp_path / "nope")
+    assert result.exit_code == 2 and "available: ucan, random" in result.stderr
+    assert siblings(tmp_path / "nope") == []

@@ -201,7 +201,7 @@ def test_method_options_are_generated_from_the_parameter_dataclasses():
 
     names = [f.name for f in option_fields()]
     assert names[:3] == ["unit", "token_scope", "halves"] and FLAGS == {"lam": "--lambda"}
-    for command, after in ((score, "retain"), (attenuate, "scores")):
+    for command, after in ((score, "retain"), (attenuate, "method")):
         params = list(inspect.signature(command).parameters.values())
         start = [p.name for p in params].index(after) + 1
         assert [p.name for p in params[start : start + len(names)]] == names

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from conftest import make_records, write_jsonl
 from ucan_cli.flows import score as api
 from ucan_cli.methods.ucan.statistics import SET_NAMES
+from ucan_cli.methods.ucan.verdict import NOISE_SENTENCE
 from ucan_cli.cli import app
 from ucan_cli.errors import InputError
 from ucan_cli.io.adapter import sha256_file
@@ -106,7 +107,7 @@ def test_noise_verdict_when_forget_is_retain(tiny_models, adapters, data, tmp_pa
     assert res.exit_code == 0, res.stderr
     doc = no_nan(res.stdout)
     assert doc["verdict"]["kind"] == "noise"
-    assert doc["verdict"]["sentence"] == api.NOISE_SENTENCE
+    assert doc["verdict"]["sentence"] == NOISE_SENTENCE
     assert doc["verdict"]["n_eligible"] == 0 and doc["selection"]["k"] == 0
     assert doc["nothing_to_do"].startswith("nothing to do")
     assert abs(doc["noise"]["max_R"]) < 1e-5

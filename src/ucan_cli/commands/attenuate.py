@@ -59,6 +59,15 @@ def attenuate(
             rich_help_panel=PANEL_DATA,
         ),
     ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="Unlearning method: ucan (the default), or random: U-CAN's budget (its factors) on as many randomly "
+            "drawn live units, seeded by --seed, a control for the choice of units.",
+            rich_help_panel=PANEL_METHOD,
+        ),
+    ] = "ucan",
     options: MethodOptions = None,
     template: TemplateOpt = "alpaca",
     retain_max_samples: RetainMaxSamplesOpt = None,
@@ -92,6 +101,8 @@ def attenuate(
 
     Writes OUT_DIR: the attenuated adapter (loads with PeftModel.from_pretrained), README.md (model card), ucan_report.json / ucan_report.md, ucan_config.toml and ucan_ledger.jsonl. The input adapter is never modified. Exit 4, with nothing written, when no unit is eligible or when the contrast is no stronger than noise (verdict weak; --accept-weak edits anyway).
 
+    --method random writes the control: the same budget on randomly drawn live units (same documents; the report and ledger name the method).
+
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 
     Examples:
@@ -103,6 +114,8 @@ def attenuate(
       ucan attenuate --adapter ./adapter --scores scores.safetensors --ratio 0.02 -o ./adapter-forgot
 
       ucan attenuate --adapter ./adapter-forgot --scores scores2.safetensors --forget f2.jsonl -o ./adapter-forgot-2
+
+      ucan attenuate --adapter ./adapter --scores scores.safetensors --method random --seed 1 -o ./adapter-random
     """
     import shlex
     import sys
@@ -117,7 +130,7 @@ def attenuate(
         raise InputError("--adapter: the input adapter directory is required")
     token_scope, halves = options.pop("token_scope"), options.pop("halves")
     run = run_attenuate(
-        adapter, output, base=base, forget=forget, retain=retain, scores=scores, params=options, token_scope=token_scope, halves=halves,
+        adapter, output, base=base, forget=forget, retain=retain, scores=scores, method=method, params=options, token_scope=token_scope, halves=halves,
         template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
         seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,
         receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,

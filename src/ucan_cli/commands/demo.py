@@ -275,29 +275,21 @@ def _run(
 
 
 def _random_units(original: Path, out_dir: Path, att, *, seed: int) -> dict:
-    """The control: U-CAN's factors, reshuffled onto randomly chosen live units of the same layout.
+    """The control (``ucan_cli.methods.random_units``, ``--method random``): U-CAN's factors on as
+    many randomly drawn live units, seeded by ``seed``; only the adapter is written.
 
     Same number of attenuated units, same factors, same sum(1 - s); only the choice of units
     differs, so eval can tell the contrast's choice from the budget alone.
     """
-    import numpy as np
-
-    from ucan_cli.methods.ucan.edit import apply_factors, unit_factors_by_module
     from ucan_cli.io.adapter import LoraAdapter
     from ucan_cli.io.outdir import atomic_output_dir
+    from ucan_cli.methods.registry import get as get_method
 
-    result = att.result
-    edited = np.flatnonzero(result.s < 1.0)
-    rng = np.random.default_rng([seed, 0x5EED])
-    chosen = np.sort(rng.choice(np.flatnonzero(result.live), size=edited.size, replace=False))
-    factors = np.ones_like(result.s)
-    factors[chosen] = rng.permutation(result.s[edited])
-    source = LoraAdapter.load(original)
-    adapter, _ = apply_factors(source, unit_factors_by_module(att.stats, factors), att.stats.unit)
+    edit = get_method("random").edit(LoraAdapter.load(original), att.stats, att.result.params, seed=seed)
     with atomic_output_dir(out_dir, force=False, protected=[original]) as tmp:
-        adapter.write_into(tmp)
-    return {"out": str(out_dir), "n_attenuated": int(edited.size), "overlap_with_ucan": int(np.intersect1d(chosen, edited).size),
-            "budget_sum_1_minus_s": float((1 - factors).sum())}
+        edit.adapter.write_into(tmp)
+    return {"out": str(out_dir), "n_attenuated": edit.summary["n_attenuated"],
+            "overlap_with_ucan": edit.result.overlap_with_ucan, "budget_sum_1_minus_s": edit.summary["budget_sum_1_minus_s"]}
 
 
 def _evaluate(ui, rt: RuntimeOptions, paths: dict) -> dict:

@@ -1,12 +1,14 @@
 """``attenuate``: the library call behind ``ucan attenuate`` (SPEC section 3, steps 1-6).
 
 Statistics come either from a fresh forward pass (``ucan_cli.flows.score.score``) or from a score file
-(``scores=``, no model loads). Steps 2-5 are then redone here with the resolved parameters and
-the lineage's cumulative factors (the floor rule), step 6 edits B, and everything is written to a
-temporary directory renamed into place: the adapter (config byte for byte, same tensor names,
+(``scores=``, no model loads). The method named by ``method=`` (``ucan_cli.methods.registry``:
+``ucan``, the default, or the ``random`` control) then edits B from them with the resolved
+parameters and the lineage's cumulative factors (the floor rule); a verdict the method calls
+weak declines unless ``accept_weak``. Everything is written to a temporary directory renamed
+into place: the adapter (config byte for byte, same tensor names,
 dtypes and metadata, no timestamps, so equal inputs give byte-identical weights), README.md (the
 model card), ``ucan_report.json`` / ``ucan_report.md``, ``ucan_config.toml`` and
-``ucan_ledger.jsonl``.
+``ucan_ledger.jsonl``; the report's and the ledger entry's ``options.method`` name the method.
 
 Order of work (SPEC section 6, Safety): every check that reads files (adapter, output dir,
 ledger, receipt key, score file, record files, repeat refusal) comes before any model loads;
@@ -39,12 +41,14 @@ class AttenuateRun:
     Attributes:
         out_dir: the written directory (None for a dry run).
         output_sha256: SHA-256 of the written ``adapter_model.safetensors`` (None for a dry run).
-        result: the ``ScoreResult`` of steps 2-5 (per-unit factors in ``result.s``).
+        result: what the method computed (``Edit.result``): for U-CAN the ``ScoreResult`` of steps
+            2-5 (per-unit factors in ``result.s``), for the random control its ``RandomDraw``.
         changes: one ``ModuleChange`` per module, in module order.
         report: the ``ucan_report.json`` document.
         timings: seconds per stage (inputs, statistics, select, edit, write).
         warnings: what the user should know (adapter warnings, ledger notes).
         stats: the step-1 statistics used.
+        method: the registry name of the method that made the edit.
     """
 
     out_dir: Path | None
@@ -55,21 +59,9 @@ class AttenuateRun:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     stats: Any = None
+    method: str = "ucan"
 
 
-#: Verdicts on which attenuate declines (exit 4, nothing written) unless ``accept_weak``. ``noise``
-#: has no eligible unit at all (steps 2-5 already raise NothingToDo); ``no-contrast`` (the w/o C
-#: ablation) has no noise comparison to decline on.
-DECLINED_VERDICTS = ("weak", "noise")
-
-
-def decline_message(overview: Mapping[str, Any]) -> str:
-    """Why attenuate declines a weak contrast, and what the user can do instead (one line)."""
-    return (
-        f"declined: {overview['sentence']}. An edit of these units would move the retain users as much as the "
-        "forget users, so nothing was written. To honour the request, retrain the adapter without these users; "
-        "pass --accept-weak to edit anyway (the report and ledger record it)"
-    )
 
 
 def _resolve_params(params, base):
@@ -105,6 +97,7 @@ def attenuate(
     forget: str | Path | None = None,
     retain: str | Path | None = None,
     scores: str | Path | None = None,
+    method: str = "ucan",
     params: Any = None,
     token_scope: str | None = None,
     halves: str | None = None,
@@ -126,7 +119,8 @@ def attenuate(
     command_line: str | None = None,
     progress: ProgressFactory | None = None,
 ) -> AttenuateRun:
-    """Attenuate the units of ``adapter`` that fire more on ``forget`` than on ``retain``.
+    """Attenuate the units of ``adapter`` that fire more on ``forget`` than on ``retain``
+    (``method="ucan"``), or spend the same budget on random units (``method="random"``).
 
     Args:
         adapter: the input LoRA adapter directory (never modified).
@@ -136,6 +130,7 @@ def attenuate(
         forget: the forget set: its receipt goes into the ledger; required without ``scores``
             (with ``scores`` it defaults to the receipt stored in the score file).
         scores: a score file from ``ucan score`` for this very adapter: no model loads.
+        method: a name in ``ucan_cli.methods.registry`` (unknown: ``InputError``).
         params: ``MethodParams``, or a mapping of method options (``unit``, ``lam``, ``t_risk``,
             ``min_gap``, ``ratio``, ``tau``, ``decay``, ``sharpness``, ``floor``,
             ``no_contrast``, ``no_utility``) merged over the score file's parameters (with
@@ -144,7 +139,8 @@ def attenuate(
         halves: the noise reference's split of D_r (``auto``, ``users``, ``records``); with
             ``scores`` it must match the file's.
         template, max_length, retain_max_samples, max_samples, seed, batch_size, device,
-        dtype, allow_overlap, allow_pickle, trust_remote_code: as for ``ucan_cli.flows.score.score``.
+        dtype, allow_overlap, allow_pickle, trust_remote_code: as for ``ucan_cli.flows.score.score``;
+            ``seed`` also seeds a method that draws at random.
         receipt_key: the receipt key file (default: the user's key, created on first use).
         force: replace an existing ``out_dir``, attenuate a forget set already in the lineage,
             and continue from an adapter whose hash does not match its ledger.
@@ -159,8 +155,9 @@ def attenuate(
         InputError (exit 2), UcanRuntimeError (exit 1), NothingToDo (exit 4). Nothing is
         written when any of them is raised.
     """
-    from ucan_cli.methods.ucan.statistics import method_inputs
-    from ucan_cli.methods.ucan.edit import apply_factors, total_norms, unit_factors_by_module, units_per_module
+    from ucan_cli.methods.base import ACTIVATIONS
+    from ucan_cli.methods.registry import get as get_method
+    from ucan_cli.methods.ucan.edit import total_norms, units_per_module
     from ucan_cli.io.adapter import LoraAdapter, sha256_file
     from ucan_cli.io.data import read_records
     from ucan_cli.io.ledger import check_adapter_head, check_repeat, new_entry, read_ledger, write_ledger
@@ -170,7 +167,6 @@ def attenuate(
     from ucan_cli.methods.ucan.params import FLAGS, option_values, params_to_dict, resolve_token_scope
     from ucan_cli.report.attenuate import attenuate_document, attenuate_markdown
     from ucan_cli.report.card import model_card
-    from ucan_cli.methods.ucan.scoring import compute_scores
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -182,6 +178,9 @@ def attenuate(
         clock = now
 
     # ---------------------------------------------------------------- inputs (no model yet)
+    chosen = get_method(method)
+    if chosen.statistics != ACTIVATIONS:  # the only statistics this flow computes or reads
+        raise InputError(f"--method {method}: needs {chosen.statistics} statistics, which attenuate cannot provide")
     source = LoraAdapter.load(adapter, allow_pickle=allow_pickle)
     source.check_supported()
     warnings = list(source.warnings())
@@ -267,36 +266,34 @@ def attenuate(
         stats, score_meta = run.stats, dict(run.meta)
     lap("statistics")
 
-    # ---------------------------------------------------------------- steps 2-5 with the lineage
+    # ---------------------------------------------------------------- the method's edit, with the lineage
     layout = list(zip(stats.module_names, stats.module_sizes))
     cumulative = ledger.cumulative_vector(layout, params.unit)
-    result = compute_scores(**method_inputs(stats), params=params, cum_factors=cumulative)
-    from ucan_cli.flows.score import contrast_overview
-
-    overview = contrast_overview(result)
-    if overview["verdict"] in DECLINED_VERDICTS:  # units pass the gates, but no more of them than noise gives
+    edit = chosen.edit(source, stats, params, seed=seed, cumulative=cumulative)
+    for stage, seconds in edit.timings.items():
+        timings[stage] = timings.get(stage, 0.0) + seconds
+    clock = time.perf_counter()
+    verdict_of = edit.verdict
+    if verdict_of.decline is not None:  # the method judges the request no better than noise
         if not accept_weak:
-            raise NothingToDo(decline_message(overview), result.summary())
+            raise NothingToDo(verdict_of.decline, edit.summary)
         warnings.append(
-            f"{overview['sentence']}: edited anyway (--accept-weak, recorded in the report and ledger); this edit "
+            f"{verdict_of.sentence}: edited anyway (--accept-weak, recorded in the report and ledger); this edit "
             "may be noise rather than forgetting: check it with `ucan eval`, and retrain without these users to honour the request"
         )
-    lap("select")
-
-    # ---------------------------------------------------------------- step 6
-    factors = unit_factors_by_module(stats, result.s)
-    edited, changes = apply_factors(source, factors, params.unit, floor=params.floor)
-    if edited is source:
+    factors, changes = edit.factors, edit.changes
+    if edit.adapter is source:
         raise NothingToDo(
-            f"nothing to do: {result.k} units were selected but every factor rounds to 1 "
+            f"nothing to do: {edit.summary['k']} units were selected but every factor rounds to 1 "
             f"(1 - s < 1e-4 with --floor {params.floor}); nothing written",
-            result.summary(),
+            edit.summary,
         )
     totals = total_norms(changes)
     lap("edit")
 
     # ---------------------------------------------------------------- documents and writing
     options = {
+        "method": chosen.name,
         **params_to_dict(params),
         "token_scope": scope,
         "halves": score_meta.get("halves"),
@@ -309,14 +306,14 @@ def attenuate(
         "allow_overlap": allow_overlap,
         "accept_weak": bool(accept_weak),
     }
-    verdict = {"kind": overview["verdict"], "sentence": overview["sentence"],
-               "accepted_weak": overview["verdict"] in DECLINED_VERDICTS}
+    verdict = {"kind": verdict_of.kind, "sentence": verdict_of.sentence, "accepted_weak": verdict_of.decline is not None}
     base_label = base if isinstance(base, (str, Path)) else None  # a (model, tokenizer) pair has no path
     if base_label is None and isinstance(score_meta.get("base"), Mapping):
         base_label = score_meta["base"].get("id")
     cli_values = {
         "base": base_label and str(base_label), "adapter": str(source.path), "forget": forget and str(forget), "retain": retain and str(retain),
-        "scores": scores and str(scores), **option_values(params, token_scope=scope, halves=score_meta.get("halves")),
+        "scores": scores and str(scores), "method": chosen.name,
+        **option_values(params, token_scope=scope, halves=score_meta.get("halves")),
         "template": template,
         "max_length": max_length, "max_samples": max_samples, "retain_max_samples": retain_max_samples,
         "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype,
@@ -346,16 +343,16 @@ def attenuate(
     def document(output: dict | None) -> dict:
         return attenuate_document(
             command_line=command_line, dry_run=dry_run, inputs=inputs, receipt=receipt_doc, output=output,
-            options=options, unit=params.unit, verdict=verdict, summary=result.summary(), changes=changes, totals=totals,
+            options=options, unit=params.unit, verdict=verdict, summary=edit.summary, changes=changes, totals=totals,
             lineage=lineage, warnings=warnings, timings=timings,
         )
 
     if dry_run:
-        return AttenuateRun(None, None, result, changes, document(None), timings, warnings, stats)
+        return AttenuateRun(None, None, edit.result, changes, document(None), timings, warnings, stats, chosen.name)
 
     out_path = Path(out_dir)
     with atomic_output_dir(out_path, force=force, protected=protected) as tmp:
-        weights = edited.write_into(tmp)  # byte-stable, mode from the umask like any shared file
+        weights = edit.adapter.write_into(tmp)  # byte-stable, mode from the umask like any shared file
         output_sha256 = sha256_file(weights)
         entry = new_entry(
             ledger, unit=params.unit, factors=factors, module_order=[m.name for m in source.modules],
@@ -370,4 +367,4 @@ def attenuate(
         (tmp / CARD_NAME).write_text(model_card(doc, base_model=base_label or source.base_model_name), encoding="utf-8")
         (tmp / CONFIG_NAME).write_text(config_toml("attenuate", cli_values), encoding="utf-8")
     lap("write")
-    return AttenuateRun(out_path, output_sha256, result, changes, doc, timings, warnings, stats)
+    return AttenuateRun(out_path, output_sha256, edit.result, changes, doc, timings, warnings, stats, chosen.name)

@@ -27,15 +27,16 @@ def model_card(doc: Mapping[str, Any], *, base_model: str | None) -> str:
         front.append(f"base_model: {_yaml_str(base_model)}")
     front += ["tags:", "- lora", "- machine-unlearning", "- ucan", "---", ""]
 
+    from ucan_cli.methods.registry import get as get_method
+
+    method = get_method(doc["options"].get("method", "ucan"))  # reports before --method were U-CAN's
     s = doc["summary"]
     inputs, out, receipt = doc["inputs"], doc["output"] or {}, doc["receipt"]
     lines = front + [
-        "# LoRA adapter attenuated with ucan (U-CAN)",
+        f"# LoRA adapter attenuated with ucan ({method.pretty_name})",
         "",
         "This adapter is a copy of the input adapter in which ucan down-scaled "
-        f"{s['n_attenuated']} of {s['n_units']} LoRA {doc['unit']} units: the units that fired clearly more on "
-        "a forget set than on a retain set, weighed against their use on the retain set "
-        "(U-CAN, arXiv 2602.23400, as formulated by ucan-cli). Nothing else changed: the adapter "
+        f"{s['n_attenuated']} of {s['n_units']} LoRA {doc['unit']} units: {method.description}. Nothing else changed: the adapter "
         "config is byte-identical, lora_A is unchanged, and only the listed lora_B slices"
         " (and their lora bias entries) were scaled.",
         "",

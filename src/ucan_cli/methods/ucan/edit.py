@@ -104,11 +104,6 @@ def a_core(A: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(A.to(torch.float64).T, mode="reduced")[1]
 
 
-def update_norm(left: torch.Tensor, r_a: torch.Tensor, scaling: float) -> float:
-    """||c * left @ A||_F from R_A (``a_core``): |c| ||left R_A^T||_F, without forming the product."""
-    return abs(scaling) * float(torch.linalg.matrix_norm(left @ r_a.T))
-
-
 def apply_factors(
     adapter: LoraAdapter,
     factors: dict[str, np.ndarray],
