@@ -28,9 +28,10 @@ How the work is organised, and why:
   ``ucan_cli.evaluation.metrics``.
 
 Public API: ``adapter_entries`` (load and check the adapter directories, before any model),
-``check_against_base``, ``evaluate`` (the passes and their summary, returns an ``EvalResult``)
-and ``run_set`` (one model over one record set: candidate log-probabilities and NLL, used by
-tests). ``ucan_cli.flows.evaluate`` is the whole ``ucan eval`` (checks, loading, gates, files).
+``check_against_base`` and ``check_settings`` (K and the bootstrap count), ``evaluate`` (the
+passes and their summary, returns an ``EvalResult``) and ``run_set`` (one model over one record
+set: candidate log-probabilities and NLL, used by tests). ``ucan_cli.flows.evaluate`` is the
+whole ``ucan eval`` around them: checks, model loading, gates, report files.
 """
 
 from __future__ import annotations
@@ -518,6 +519,17 @@ class EvalResult:
         return self.results.get(adapter, {}).get(group, {}).get(metric)
 
 
+def check_settings(ks: Sequence[int], bootstrap: int) -> tuple[int, ...]:
+    """The cut-offs K (positive integers, duplicates dropped, at least one) and the bootstrap
+    count (a non-negative integer), checked; returns the K values (exit 2 on a bad one)."""
+    checked = tuple(dict.fromkeys(M._check_k(k) for k in ks))
+    if not checked:
+        raise InputError("-k: at least one K is required")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise InputError(f"--bootstrap must be a non-negative integer, got {bootstrap!r}")
+    return checked
+
+
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
@@ -570,11 +582,7 @@ def evaluate(
     from peft import PeftModel
 
     t_start = time.perf_counter()
-    ks = tuple(dict.fromkeys(M._check_k(k) for k in ks))
-    if not ks:
-        raise InputError("-k: at least one K is required")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise InputError(f"--bootstrap must be a non-negative integer, got {bootstrap!r}")
+    ks = check_settings(ks, bootstrap)
     if not adapters or adapters[0].role != "original":
         raise InputError("the first adapter must be the original")
     sets = {"forget": _as_records(forget, "forget"), "retain": _as_records(retain, "retain")}
