@@ -264,7 +264,8 @@ class SetPass:
 
 
 def _set_mode(encoded: Sequence[Encoded]) -> tuple[str, int]:
-    """Scoring mode of a set and how many records lack candidates."""
+    """How a set's candidates are read (single-token, multi-token or full-vocabulary), and how
+    many records lack candidates."""
     missing = sum(e.candidate_ids is None for e in encoded)
     if missing:
         return MODE_VOCAB, missing
