@@ -15,7 +15,7 @@ from conftest import ITEMS, make_records, write_jsonl
 
 from ucan_cli.evaluation import metrics as M
 from ucan_cli.errors import InputError
-from ucan_cli.evaluation.run import MODE_MULTI, MODE_SINGLE, MODE_VOCAB, adapter_entries, evaluate, score_set
+from ucan_cli.evaluation.run import MODE_MULTI, MODE_SINGLE, MODE_VOCAB, adapter_entries, evaluate, run_set
 from ucan_cli.io.data import read_records
 from ucan_cli.io.prompts import PromptFormatter
 
@@ -113,12 +113,12 @@ def prompt_ids(tokenizer, record) -> list[int]:
 def test_candidate_scores_equal_manual_sum(tmp_path, tokenizer, llama, kind, padding_side, batch_size):
     rows = letter_rows(9, seed=1) if kind == "single" else item_rows(9, seed=2)
     rs = records(tmp_path, "data", rows)
-    sp = score_set(llama, tokenizer, rs, batch_size=batch_size, padding_side=padding_side)
+    sp = run_set(llama, tokenizer, rs, batch_size=batch_size, padding_side=padding_side)
     assert sp.mode == (MODE_SINGLE if kind == "single" else MODE_MULTI)
     n_cands = [len(r["candidates"]) for r in rows]
     # single-token candidates: one forward per record; multi-token: one more per candidate
     assert sp.sequences["model"] == (9 if kind == "single" else 9 + sum(n_cands))
-    scores = sp.scores["model"]
+    scores = sp.cand_logp["model"]
     assert scores.shape == (9, max(n_cands))
     eos = tokenizer.eos_token_id
     # Sums of <= 4 float32 log-probs of size <= ln(400) ~ 6, batched and padded vs one unpadded
@@ -140,12 +140,12 @@ def test_left_padding_with_absolute_positions_gpt2(tmp_path, tokenizer, tiny_mod
 
     gpt2 = load_base_model(str(tiny_models["gpt2"]), device="cpu", dtype="float32")
     rs = records(tmp_path, "data", item_rows(6, seed=3))
-    sp = score_set(gpt2, tokenizer, rs, batch_size=6, padding_side="left")
+    sp = run_set(gpt2, tokenizer, rs, batch_size=6, padding_side="left")
     for i, record in enumerate(rs.records):
         ctx = prompt_ids(tokenizer, record)
         for j, cand in enumerate(record.candidates):
             want = manual_sum(gpt2, ctx, list(tokenizer(cand, add_special_tokens=False)["input_ids"]))
-            assert sp.scores["model"][i, j] == pytest.approx(want, abs=1e-4)
+            assert sp.cand_logp["model"][i, j] == pytest.approx(want, abs=1e-4)
 
 
 def test_long_candidate_trims_prompt_from_the_left(tmp_path, tokenizer, llama):
@@ -157,10 +157,10 @@ def test_long_candidate_trims_prompt_from_the_left(tmp_path, tokenizer, llama):
     ctx = prompt_ids(tokenizer, rec)
     long_ids = list(tokenizer(row["candidates"][1], add_special_tokens=False)["input_ids"])
     max_length = len(ctx) + 3  # room for the response (item1 + eos), not for the long candidate
-    sp = score_set(llama, tokenizer, rs, max_length=max_length)
+    sp = run_set(llama, tokenizer, rs, max_length=max_length)
     drop = len(ctx) + len(long_ids) - max_length
     trimmed = ctx[:1] + ctx[1 + drop:]  # the BOS stays
-    assert sp.scores["model"][0, 1] == pytest.approx(manual_sum(llama, trimmed, long_ids), abs=1e-4)
+    assert sp.cand_logp["model"][0, 1] == pytest.approx(manual_sum(llama, trimmed, long_ids), abs=1e-4)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -253,17 +253,17 @@ def test_swapped_adapters_match_dedicated_models(tmp_path, tokenizer, llama, tin
     res = evaluate(llama, tokenizer, entries, forget, retain, holdout, bootstrap=100, batch_size=3)
     for ident, adapter_dir in (("original", adapters["llama"]), ("unlearned_1", scaled_adapter), ("base", None)):
         model = fresh_with_adapter(tiny_models, adapter_dir)
-        f = score_set(model, tokenizer, forget, batch_size=5)
-        h = score_set(model, tokenizer, holdout, batch_size=5)
+        f = run_set(model, tokenizer, forget, batch_size=5)
+        h = run_set(model, tokenizer, holdout, batch_size=5)
         np.testing.assert_allclose(res.passes["forget"].nll[ident], f.nll["model"], rtol=1e-5)
-        np.testing.assert_allclose(res.passes["forget"].scores[ident], f.scores["model"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(res.passes["forget"].cand_logp[ident], f.cand_logp["model"], rtol=1e-5, atol=1e-6)
         auc = M.mia_auc(M.membership_scores(f.nll["model"], f.tokens), M.membership_scores(h.nll["model"], h.tokens))
         assert res.results[ident]["privacy"]["mia_auc"] == pytest.approx(auc)
     # the reference is the same weights as unlearned_1: zero gap and zero KL between them
     assert res.results["unlearned_1"]["reference"]["kl"] == pytest.approx(0.0, abs=1e-12)
     assert res.results["reference"]["reference"]["gap@10"] == 0.0
     sf = res.passes["forget"]
-    want = float(np.mean(M.kl_from_scores(sf.scores["reference"], sf.scores["original"])))
+    want = float(np.mean(M.kl_from_scores(sf.cand_logp["reference"], sf.cand_logp["original"])))
     assert res.results["original"]["reference"]["kl"] == pytest.approx(want)
     for k in (1, 5, 10):
         gap = abs(res.results["original"]["forget"][f"m@{k}"] - res.results["reference"]["forget"][f"m@{k}"])

@@ -86,78 +86,28 @@ def eval_(
 
       ucan eval ... --fail-if "forget.recall@10 > 0.6" --fail-if "retain.ndcg@10 < 0.95*original" --json
     """
-    import time
-
-    from ucan_cli.errors import GateFailed, InputError
-    from ucan_cli.evaluation.run import adapter_entries, check_against_base, evaluate
-    from ucan_cli.evaluation.gates import check_gates, failure_summary, parse_gates
-    from ucan_cli.io.data import check_disjoint, read_records
-    from ucan_cli.runtime.models import load_base_model, load_tokenizer, model_skeleton, resolve_device, resolve_dtype
-    from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
+    from ucan_cli.errors import GateFailed
+    from ucan_cli.flows.evaluate import evaluate
     from ucan_cli.options import parse_int_list
-    from ucan_cli.report.eval import document_json, eval_document, eval_markdown, records_lines, render_eval
+    from ucan_cli.report.eval import render_eval
     from ucan_cli.ui import UI
 
     ui = UI(rt)
-    # Everything that can be checked from files and flags comes before any model loads (exit 2).
-    ks = parse_int_list(k, "-k")
-    gates = parse_gates(fail_if or [], ks=ks, have_reference=reference is not None, have_holdout=holdout is not None)
-    if per_record and out is None:
-        raise InputError("--per-record writes records.jsonl into the report directory; give -o")
-    entries = adapter_entries(adapter, unlearned, reference=reference, include_base=include_base, allow_pickle=allow_pickle)
-    sets = {"forget": read_records(forget, "forget"), "retain": read_records(retain, "retain")}
-    if holdout is not None:
-        sets["holdout"] = read_records(holdout, "holdout")
-    sets = {name: s.sample(rt.max_samples, rt.seed) for name, s in sets.items()}
-    check_disjoint(sets["forget"], sets["retain"], allow_overlap=allow_overlap)
-    # Never write over (or, with --force, delete) anything this run reads.
-    from ucan_cli.io.receipts import key_path
-
-    protected = [e.path for e in entries] + [forget, retain, holdout, key_path(receipt_key), base, template]
-    if out is not None:
-        check_output_dir(out, force=force, protected=protected)
-    key = fingerprint = None
-    if per_record:
-        from ucan_cli.io.receipts import key_fingerprint, load_or_create_key
-
-        key = load_or_create_key(receipt_key)
-        fingerprint = key_fingerprint(key)
-    device = resolve_device(rt.device)
-    dtype = resolve_dtype(rt.dtype, device)
-    check_against_base(entries, model_skeleton(base, trust_remote_code=trust_remote_code))
-
-    t = time.perf_counter()
-    tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
-    model = load_base_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    load_s = time.perf_counter() - t
-    ui.detail(f"loaded {base} in {load_s:.1f} s on {device} ({dtype})")
-
-    result = evaluate(
-        model, tokenizer, entries, sets["forget"], sets["retain"], sets.get("holdout"),
-        ks=ks, bootstrap=bootstrap, seed=rt.seed, batch_size=rt.batch_size, max_length=rt.max_length,
-        template=template, progress=ui.progress,
+    run = evaluate(
+        base, adapter, unlearned, forget, retain, holdout, reference=reference, include_base=include_base,
+        ks=parse_int_list(k, "-k"), bootstrap=bootstrap, fail_if=fail_if or [], out_dir=out, force=force,
+        per_record=per_record, receipt_key=receipt_key, template=template, max_length=rt.max_length,
+        max_samples=rt.max_samples, seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype,
+        allow_overlap=allow_overlap, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        progress=ui.progress, detail=ui.detail,
     )
-    outcomes = check_gates(gates, result.results, result.unlearned_ids, result.null_reasons)
-    document = eval_document(
-        result, base=base, gates=outcomes, gate_texts=[g.text for g in gates], receipt_fingerprint=fingerprint,
-        per_record_file="records.jsonl" if per_record else None, extra_stages={"load_model_s": load_s},
-    )
-    if out is not None:
-        with atomic_output_dir(out, force=force, protected=protected) as tmp:
-            (tmp / "report.json").write_text(document_json(document), encoding="utf-8")
-            (tmp / "report.md").write_text(eval_markdown(document), encoding="utf-8")
-            if per_record:
-                assert key is not None
-                with open(tmp / "records.jsonl", "w", encoding="utf-8") as handle:
-                    for line in records_lines(result, key):
-                        handle.write(line + "\n")
-        ui.info(f"wrote {out}/report.json and report.md" + (" and records.jsonl" if per_record else ""))
+    if run.out_dir is not None:
+        ui.info(f"wrote {out}/" + " and ".join(run.files))
     if rt.json:
-        ui.emit_json(document)
+        ui.emit_json(run.document)
     else:
-        render_eval(ui, document)
-    for warning in document["warnings"]:
+        render_eval(ui, run.document)
+    for warning in run.warnings:
         ui.warn(warning)
-    failed = failure_summary(outcomes)
-    if failed is not None:
-        raise GateFailed(failed)
+    if run.gate_failure is not None:
+        raise GateFailed(run.gate_failure)

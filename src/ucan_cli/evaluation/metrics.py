@@ -1,14 +1,17 @@
 """Pure evaluation metrics for ``ucan eval`` (SPEC section 4).
 
-Everything here is numpy in float64: no torch, no files, no printing. ``evaluate.py`` turns
-model outputs into arrays (candidate scores, per-record NLL sums) and calls these functions;
-``report.py`` renders what they return. docs/metrics.md gives every formula, its direction and
-how it maps to the paper's table.
+Everything here is numpy in float64: no torch, no files, no printing. ``evaluation/run.py``
+turns model outputs into per-record arrays (candidate log-probabilities, NLL sums);
+``evaluation/summary.py`` calls these functions on them (per-record values, means, bootstrap
+CIs); ``report/eval.py`` lays out what they return. docs/metrics.md gives every formula, its
+direction and how it maps to the paper's table.
 
 Conventions shared by all functions:
 
-- Candidate scores are a ``(n_records, n_candidates)`` float matrix, one row per record, one
-  column per candidate (a score is the summed log-probability of the candidate's tokens).
+- Candidate scores (argument ``scores``) are a ``(n_records, n_candidates)`` float matrix,
+  one row per record, one column per candidate: the candidate's log-probability under the model
+  (the sum of its tokens' log-probs), not normalised over the candidates
+  (``candidate_log_probs`` does that).
   Records with fewer candidates are right- or anywhere-padded with NaN: a NaN entry is "no
   candidate" and never counts (not in ranks, not in softmax, not in top-1). ``+inf`` is
   rejected, ``-inf`` is a valid score (probability zero).
@@ -288,14 +291,6 @@ def kl_from_scores(scores_p: np.ndarray, scores_q: np.ndarray, eps: float = KL_E
     return np.sum(np.where(pos, p * (np.where(pos, log_p, 0.0) - log_q), 0.0), axis=1)
 
 
-def mean_kl(p: np.ndarray, q: np.ndarray, eps: float = KL_EPS) -> float:
-    """Mean over records of ``kl_divergence(p, q)`` (forget KL, retain KL), in nats."""
-    kl = kl_divergence(p, q, eps)
-    if kl.size == 0:
-        raise InputError("KL: no records to average")
-    return float(np.mean(kl))
-
-
 # --------------------------------------------------------------------------- shift and PPL
 
 
@@ -310,16 +305,30 @@ def top1_candidates(scores: np.ndarray) -> np.ndarray:
     return np.argmax(valid & (filled == best), axis=1).astype(np.int64)
 
 
+def top1_changed(top1_o: np.ndarray, top1_u: np.ndarray) -> np.ndarray:
+    """Per record: 1.0 where the two adapters' top-1 predictions differ, else 0.0 (float64).
+
+    The predictions are ``top1_candidates`` indices, or vocabulary token ids (the greedy token
+    at the first response position, when a set has no candidates). Its mean is the prediction
+    shift; the per-record values are what the bootstrap resamples.
+    """
+    a, b = np.asarray(top1_o), np.asarray(top1_u)
+    if a.shape != b.shape or a.ndim != 1:
+        raise InputError(f"prediction shift: shapes {a.shape} and {b.shape} must be equal 1-D")
+    return (a != b).astype(np.float64)
+
+
 def prediction_shift(scores_o: np.ndarray, scores_u: np.ndarray) -> float:
     """Share of records whose top-1 candidate differs between two adapters (0..1).
 
-    Ties pick the lowest candidate index in both, so identical score matrices give 0.
+    The mean of ``top1_changed`` over the records. Ties pick the lowest candidate index in
+    both, so identical score matrices give 0.
     """
     so = _as_scores(scores_o, "scores_o")
     su = _as_scores(scores_u, "scores_u")
     if so.shape != su.shape:
         raise InputError(f"prediction shift: shapes differ: {so.shape} vs {su.shape}")
-    return float(np.mean(top1_candidates(so) != top1_candidates(su)))
+    return float(np.mean(top1_changed(top1_candidates(so), top1_candidates(su))))
 
 
 def perplexity(sum_nll: float | np.ndarray, n_tokens: int | np.ndarray) -> float:
@@ -378,9 +387,19 @@ def tradeoff_at_k(
             "M_o^r is 0: the original adapter ranks no retain target within K, "
             "so retain utility loss is undefined"
         )
-    forget_drop = (float(m_o_f) - float(m_u_f)) / float(m_o_f)
-    retain_drop = (float(m_o_r) - float(m_u_r)) / float(m_o_r)
-    return 100.0 * (forget_drop - retain_drop), None
+    return float(tradeoff_values(float(m_o_f), float(m_u_f), float(m_o_r), float(m_u_r))), None
+
+
+def tradeoff_values(m_o_f: Any, m_u_f: Any, m_o_r: Any, m_u_r: Any) -> np.ndarray:
+    """The Trade-off@K formula on arrays of means (one per bootstrap resample), unchecked.
+
+    Element-wise ``100 * [(M_o^f - M_u^f) / M_o^f - (M_o^r - M_u^r) / M_o^r]``; an element whose
+    M_o is 0 comes back NaN or infinite (``percentile_interval`` drops it). ``tradeoff_at_k``
+    is the checked scalar form.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = [np.asarray(x, dtype=np.float64) for x in (m_o_f, m_u_f, m_o_r, m_u_r)]
+        return 100.0 * ((m[0] - m[1]) / m[0] - (m[2] - m[3]) / m[2])
 
 
 # --------------------------------------------------------------------------- membership inference
@@ -495,10 +514,29 @@ def paired_bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def _resampled_stats(
-    values: Any, indices: np.ndarray, stat: Callable[..., Any], name: str
+def percentile_interval(stats: Any, alpha: float = 0.05) -> tuple[float, float] | None:
+    """The alpha/2 and 1 - alpha/2 quantiles of bootstrap statistics (the percentile interval).
+
+    Non-finite statistics are dropped first (a resample whose PPL overflows, a trade-off whose
+    M_o is 0 in that resample); None when none is finite.
+    """
+    _check_alpha(alpha)
+    s = np.asarray(stats, dtype=np.float64)
+    finite = s[np.isfinite(s)]
+    if finite.size == 0:
+        return None
+    lo, hi = np.quantile(finite, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(lo), float(hi)
+
+
+def bootstrap_stats(
+    values: Any, indices: np.ndarray, stat: Callable[..., Any] = np.mean, name: str = "values"
 ) -> np.ndarray:
-    """stat over each bootstrap row of ``values[indices]``; stat takes ``axis`` like np.mean."""
+    """``stat`` of each bootstrap resample: ``stat(values[indices], axis=1)``, shape (n_boot,).
+
+    ``values`` are finite per-record values; ``indices`` come from ``paired_bootstrap_indices``
+    (rows of record indices); ``stat`` reduces along ``axis`` like np.mean or np.median.
+    """
     v = _as_values(values, name)
     idx = np.asarray(indices)
     if idx.ndim != 2 or idx.shape[0] == 0 or not np.issubdtype(idx.dtype, np.integer):
@@ -508,21 +546,32 @@ def _resampled_stats(
     return np.asarray(stat(v[idx], axis=1), dtype=np.float64)
 
 
+def bootstrap_perplexity(sum_nll: Any, n_tokens: Any, indices: np.ndarray) -> np.ndarray:
+    """PPL of each bootstrap resample, as ``perplexity`` does: exp(sum NLL / sum tokens).
+
+    ``sum_nll`` and ``n_tokens`` are per-record; a resample whose mean NLL overflows exp gives
+    ``inf`` (``percentile_interval`` drops it).
+    """
+    nll = bootstrap_stats(sum_nll, indices, np.sum, "NLL sums")
+    tokens = bootstrap_stats(n_tokens, indices, np.sum, "token counts")
+    with np.errstate(over="ignore"):
+        return np.exp(nll / tokens)
+
+
 def bootstrap_ci(
     values_per_record: np.ndarray,
     indices: np.ndarray,
     stat: Callable[..., Any] = np.mean,
     alpha: float = 0.05,
-) -> tuple[float, float]:
+) -> tuple[float, float] | None:
     """Percentile bootstrap (1 - alpha) CI of ``stat`` over per-record values.
 
     ``indices`` come from ``paired_bootstrap_indices``; ``stat`` must reduce along ``axis=1``
-    like numpy's reductions (np.mean, np.median).
+    like numpy's reductions (np.mean, np.median). None only when no resample gives a finite
+    statistic (see ``percentile_interval``).
     """
     _check_alpha(alpha)
-    stats = _resampled_stats(values_per_record, indices, stat, "values")
-    lo, hi = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(lo), float(hi)
+    return percentile_interval(bootstrap_stats(values_per_record, indices, stat), alpha)
 
 
 def bootstrap_diff_ci(
@@ -531,21 +580,20 @@ def bootstrap_diff_ci(
     indices: np.ndarray,
     stat: Callable[..., Any] = np.mean,
     alpha: float = 0.05,
-) -> tuple[float, float]:
+) -> tuple[float, float] | None:
     """Paired percentile bootstrap CI of stat(a) - stat(b), both resampled with the same rows.
 
     ``a`` and ``b`` are per-record values of two adapters on the same records, in the same
     order. Pairing cancels the per-record difficulty both share, so the interval is narrower
-    than one built from independent resamples.
+    than one built from independent resamples. None only when no difference is finite.
     """
     _check_alpha(alpha)
     av = _as_values(a, "a")
     bv = _as_values(b, "b")
     if av.shape != bv.shape:
         raise InputError(f"paired bootstrap: a and b differ in length: {av.size} vs {bv.size}")
-    diffs = _resampled_stats(av, indices, stat, "a") - _resampled_stats(bv, indices, stat, "b")
-    lo, hi = np.quantile(diffs, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(lo), float(hi)
+    diffs = bootstrap_stats(av, indices, stat, "a") - bootstrap_stats(bv, indices, stat, "b")
+    return percentile_interval(diffs, alpha)
 
 
 # --------------------------------------------------------------------------- warnings and JSON

@@ -1,4 +1,4 @@
-"""Run adapters over data sets and turn their outputs into the metrics of SPEC section 4.
+"""Run adapters over record sets: the forward passes behind ``ucan eval`` (SPEC section 4).
 
 ``ucan eval`` compares the original adapter theta_o with each unlearned adapter theta_u, and
 optionally a retrained reference theta_ref and the base model alone ("everything forgotten"),
@@ -11,33 +11,36 @@ How the work is organised, and why:
   with ``set_adapter``; the base alone runs inside ``disable_adapter()``. Nothing is reloaded
   per adapter, and every adapter sees exactly the same batches.
 - For each batch of a set, each adapter runs one forward pass over prompt + response. That pass
-  gives the response NLL (eos included), the single-token candidate scores (the log-probs at the
-  last prompt position, gathered at the candidates' token ids) and, for a set without
+  gives the response NLL (eos included), the single-token candidate log-probabilities (the
+  log-probs at the last prompt position, gathered at the candidates' token ids) and, for a set without
   candidates, the full next-token distributions at the response positions. Only the positions
   that predict response tokens go through the LM head (``logits_to_keep`` under left padding).
-- Multi-token candidates are scored by teacher forcing: each (record, candidate) pair is one
-  sequence prompt + candidate, batched, and the candidate's log-probs are summed.
+- Multi-token candidates are teacher-forced: each (record, candidate) pair is one sequence
+  prompt + candidate, batched, and the candidate's token log-probs are summed.
 - A set without candidates (or with candidates on only some records) falls back to the full
   vocabulary: KL per record is the mean over response positions of KL(p_o || p_x) over the
   vocabulary, computed against the original's log-probs of the same batch (never stored for the
   whole set); prediction shift compares the greedy token at the first response position.
   Ranking metrics are then null, with the reason.
-- Only per-record arrays are kept (a scores matrix n x C, NLL sums, token counts, per-record
-  KL); ``ucan_cli.evaluation.metrics`` turns them into means, trade-offs, AUCs and bootstrap CIs.
+- Only per-record arrays are kept (an n x C matrix of candidate log-probabilities, NLL sums,
+  token counts, per-record KL); ``ucan_cli.evaluation.summary`` turns them into the report's
+  means, trade-offs, AUCs and bootstrap CIs with the pure functions of
+  ``ucan_cli.evaluation.metrics``.
 
 Public API: ``adapter_entries`` (load and check the adapter directories, before any model),
-``check_against_base``, ``evaluate`` (the whole run, returns an ``EvalResult``) and ``score_set``
-(one model over one record set: candidate scores and NLL, used by tests and benchmarks).
+``check_against_base`` and ``check_settings`` (K and the bootstrap count), ``evaluate`` (the
+passes and their summary, returns an ``EvalResult``) and ``run_set`` (one model over one record
+set: candidate log-probabilities and NLL, used by tests). ``ucan_cli.flows.evaluate`` is the
+whole ``ucan eval`` around them: checks, model loading, gates, report files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import resource
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ import numpy as np
 import torch
 
 from ucan_cli.evaluation import metrics as M
+from ucan_cli.evaluation.summary import summarize
 from ucan_cli.errors import InputError, UcanRuntimeError
 from ucan_cli.io.data import Record, RecordSet
 from ucan_cli.runtime.models import accepts_logits_to_keep, hf_quiet, model_device
@@ -226,8 +230,9 @@ def _fit_prompt(prompt: tuple[int, ...], extra: int, max_length: int, bos_id: in
 class SetPass:
     """Per-record arrays of one record set under every adapter (nothing is kept per token).
 
-    ``scores[a]`` is the (n, C) NaN-padded candidate score matrix (summed log-probs of each
-    candidate's tokens) in candidate modes; ``nll[a]`` the response NLL sums (eos included);
+    ``cand_logp[a]`` is the (n, C) NaN-padded matrix of candidate log-probabilities (the summed
+    log-probs of each candidate's tokens, not normalised over the candidates; ``metrics`` calls
+    such a matrix ``scores``) in candidate modes; ``nll[a]`` the response NLL sums (eos included);
     in the full-vocabulary mode ``kl_original[a]`` / ``kl_reference[a]`` hold per-record
     KL(p_o || p_a) / KL(p_ref || p_a) and ``top1[a]`` the greedy token at the first response
     position. ``sequences[a]`` counts the sequences adapter a ran (forward-pass equivalents).
@@ -241,7 +246,7 @@ class SetPass:
     tokens: np.ndarray  # (n,) response tokens, eos included
     truncated: np.ndarray  # (n,) prompt tokens dropped to fit --max-length
     missing_candidates: int = 0
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    cand_logp: dict[str, np.ndarray] = field(default_factory=dict)
     nll: dict[str, np.ndarray] = field(default_factory=dict)
     kl_original: dict[str, np.ndarray] = field(default_factory=dict)
     kl_reference: dict[str, np.ndarray] = field(default_factory=dict)
@@ -259,7 +264,8 @@ class SetPass:
 
 
 def _set_mode(encoded: Sequence[Encoded]) -> tuple[str, int]:
-    """Scoring mode of a set and how many records lack candidates."""
+    """How a set's candidates are read (single-token, multi-token or full-vocabulary), and how
+    many records lack candidates."""
     missing = sum(e.candidate_ids is None for e in encoded)
     if missing:
         return MODE_VOCAB, missing
@@ -271,7 +277,7 @@ def _set_mode(encoded: Sequence[Encoded]) -> tuple[str, int]:
 def _active(model, entry_id: str, role: str) -> Iterator[None]:
     """Make one adapter active on a PEFT model (the base alone for role ``base``).
 
-    Any other role (``score_set``'s ``model``) runs the model as it is.
+    Any other role (``run_set``'s ``model``) runs the model as it is.
     """
     if role == "base":
         with model.disable_adapter():
@@ -288,7 +294,7 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def _run_set(
+def _run_columns(
     model,
     tokenizer,
     name: str,
@@ -335,7 +341,7 @@ def _run_set(
             if reference_kl:
                 sp.kl_reference[a] = np.full(n, np.nan)
         else:
-            sp.scores[a] = np.full((n, width_c), np.nan)
+            sp.cand_logp[a] = np.full((n, width_c), np.nan)
     device = model_device(model)
     use_keep = padding_side == "left" and accepts_logits_to_keep(model)
     pad = pad_token_id(tokenizer)
@@ -362,7 +368,7 @@ def _run_set(
                     if mode == MODE_SINGLE:
                         picked = at_last.gather(-1, cand_ids).double()
                         picked = torch.where(cand_mask, picked, torch.full_like(picked, float("nan")))
-                        sp.scores[a][rows, :] = picked.cpu().numpy()
+                        sp.cand_logp[a][rows, :] = picked.cpu().numpy()
                     elif mode == MODE_MULTI:
                         for pairs, cbatch, ckeep in cand_batches:
                             cbatch = cbatch.to(device)
@@ -370,7 +376,7 @@ def _run_set(
                             ctok, _ = _target_token_log_probs(cbatch, clogp, cstart)
                             sums = ctok.double().sum(-1).cpu().numpy()
                             for (rec, cand), value in zip(pairs, sums):
-                                sp.scores[a][rec, cand] = value
+                                sp.cand_logp[a][rec, cand] = value
                             sp.sequences[a] += len(pairs)
                     else:
                         sp.top1[a][rows] = at_last.argmax(-1).cpu().numpy()
@@ -389,8 +395,8 @@ def _run_set(
     for a in ids:
         bad = ~np.isfinite(sp.nll[a])
         if mode != MODE_VOCAB:
-            bad |= np.any(np.isnan(sp.scores[a]) & (np.arange(width_c)[None, :] < n_cands[:, None]), axis=1)
-            bad |= np.any(np.isposinf(sp.scores[a]), axis=1)
+            bad |= np.any(np.isnan(sp.cand_logp[a]) & (np.arange(width_c)[None, :] < n_cands[:, None]), axis=1)
+            bad |= np.any(np.isposinf(sp.cand_logp[a]), axis=1)
         if np.any(bad):
             row = int(np.argmax(bad))
             raise UcanRuntimeError(
@@ -425,7 +431,7 @@ def _candidate_batches(
 ) -> list[tuple[list[tuple[int, int]], Batch, int]]:
     """Teacher-forcing batches of prompt + candidate for every (record, candidate) of a batch.
 
-    Built once per record batch and run under every adapter. A candidate is scored like a
+    Built once per record batch and run under every adapter. A candidate is teacher-forced like a
     response without the eos; the prompt is the record's (already fitted) prompt, trimmed from
     the left when a long candidate would not fit --max-length.
     """
@@ -449,7 +455,7 @@ def _candidate_batches(
     return out
 
 
-def score_set(
+def run_set(
     model,
     tokenizer,
     records: RecordSet | Sequence[Record],
@@ -460,7 +466,7 @@ def score_set(
     padding_side: str = "left",
     name: str = "data",
 ) -> SetPass:
-    """One model (plain or PEFT with its active adapter) over one set: scores, NLL, token counts.
+    """One model (plain or PEFT with its active adapter) over one set: candidate log-probabilities, NLL, token counts.
 
     The arrays are under the id ``"model"``. Single-token candidates come from the one forward
     over prompt + response; multi-token candidates are teacher-forced (see the module docstring).
@@ -469,14 +475,14 @@ def score_set(
         raise InputError(f"padding side must be left or right, got {padding_side!r}")
     formatter = PromptFormatter(template, tokenizer)
     length = max_length or default_max_length(tokenizer, getattr(model, "config", None))
-    sp, _ = _run_set(
+    sp, _ = _run_columns(
         model, tokenizer, name, list(records), [("model", "model")], formatter=formatter, max_length=length,
         batch_size=batch_size, padding_side=padding_side, reference_kl=False, progress=None,
     )
     return sp
 
 
-# --------------------------------------------------------------------------- metrics from arrays
+# --------------------------------------------------------------------------- the whole evaluation
 
 
 @dataclass
@@ -514,242 +520,15 @@ class EvalResult:
         return self.results.get(adapter, {}).get(group, {}).get(metric)
 
 
-def _seed_for(seed: int, name: str) -> int:
-    """A per-set bootstrap seed derived from the user's seed (independent across sets)."""
-    return int.from_bytes(hashlib.sha256(f"ucan-eval:{seed}:{name}".encode()).digest()[:4], "little")
-
-
-def _per_record(sp: SetPass, a: str, original: str, reference: str | None, ks: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per-record values of adapter ``a`` on a whole set (NaN where a value does not exist)."""
-    out: dict[str, np.ndarray] = {"nll": sp.nll[a], "tokens": sp.tokens.astype(np.float64)}
-    if sp.has_ranking:
-        ranks = M.candidate_ranks(sp.scores[a], sp.target)
-        out["rank"] = ranks.astype(np.float64)
-        for k in ks:
-            rec, mrr, ndcg = M.recall_at_k(ranks, k), M.mrr_at_k(ranks, k), M.ndcg_at_k(ranks, k)
-            out[f"recall@{k}"], out[f"mrr@{k}"], out[f"ndcg@{k}"] = rec, mrr, ndcg
-            out[f"m@{k}"] = (rec + mrr + ndcg) / 3.0
-        out["ndcg@10"] = M.ndcg_at_k(ranks, 10)  # for the collapse warning, whatever -k says
-        out["kl"] = M.kl_from_scores(sp.scores[original], sp.scores[a])
-        out["shift"] = (M.top1_candidates(sp.scores[original]) != M.top1_candidates(sp.scores[a])).astype(np.float64)
-        if reference is not None and sp.name == "forget":
-            out["kl_reference"] = M.kl_from_scores(sp.scores[reference], sp.scores[a])
-    else:
-        out["kl"] = sp.kl_original[a]
-        out["shift"] = (sp.top1[original] != sp.top1[a]).astype(np.float64)
-        if reference is not None and sp.name == "forget":
-            out["kl_reference"] = sp.kl_reference[a]
-    return out
-
-
-def _ranking_reason(sp: SetPass) -> str | None:
-    if sp.has_ranking:
-        return None
-    if sp.missing_candidates == sp.n:
-        return f"the {sp.name} records carry no candidates (KL and shift use the full vocabulary)"
-    return (
-        f"{sp.missing_candidates} of {sp.n} {sp.name} records have no candidates, so ranking is undefined "
-        "for the set (KL and shift use the full vocabulary)"
-    )
-
-
-def _quantiles(stats: np.ndarray) -> list[float] | None:
-    """The 2.5% and 97.5% quantiles of finite bootstrap statistics (None when there are none)."""
-    finite = stats[np.isfinite(stats)]
-    if finite.size == 0:
-        return None
-    lo, hi = np.quantile(finite, [0.025, 0.975])
-    return [float(lo), float(hi)]
-
-
-def _ppl_stats(nll: np.ndarray, tokens: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """PPL of each bootstrap resample (ratio of sums), overflow -> inf."""
-    with np.errstate(over="ignore"):
-        return np.exp(nll[idx].sum(1) / tokens[idx].sum(1))
-
-
-class _Summary:
-    """Builds results, null reasons and CIs from the set passes (one instance per evaluation)."""
-
-    def __init__(self, passes, adapters, ks, scopes, bootstrap, seed):
-        self.passes: dict[str, SetPass] = passes
-        self.adapters: list[AdapterEntry] = adapters
-        self.ks = tuple(ks)
-        self.scopes: dict[str, np.ndarray] = scopes
-        self.n_boot = bootstrap
-        self.seed = seed
-        self.original = adapters[0].id
-        ref = [a.id for a in adapters if a.role == "reference"]
-        self.reference = ref[0] if ref else None
-        self.results: dict[str, dict[str, dict[str, Any]]] = {a.id: {} for a in adapters}
-        self.reasons: dict[str, dict[str, str]] = {a.id: {} for a in adapters}
-        self.ci: dict[str, dict[str, dict[str, list[float]]]] = {a.id: {} for a in adapters}
-        self.ci_delta: dict[str, dict[str, dict[str, list[float]]]] = {a.id: {} for a in adapters}
-        self.per_record: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-        self.indices: dict[str, np.ndarray | None] = {}
-        for name, sp in passes.items():
-            self.per_record[name] = {a.id: _per_record(sp, a.id, self.original, self.reference, ks) for a in adapters}
-            scope = scopes[name]
-            self.indices[name] = (
-                scope[M.paired_bootstrap_indices(scope.size, bootstrap, _seed_for(seed, name))]
-                if bootstrap > 0 and scope.size > 0
-                else None
-            )
-
-    # -- helpers
-    def _set(self, a: str, group: str, metric: str, value: Any, reason: str | None = None) -> None:
-        if isinstance(value, float) and not math.isfinite(value):
-            reason = reason or f"{metric} is not finite ({value})"
-            value = None
-        self.results[a].setdefault(group, {})[metric] = value
-        if value is None and reason:
-            self.reasons[a][f"{group}.{metric}"] = reason
-
-    def _ci(self, a: str, group: str, metric: str, interval: list[float] | None, delta: bool = False) -> None:
-        if interval is not None:
-            (self.ci_delta if delta else self.ci)[a].setdefault(group, {})[metric] = interval
-
-    # -- groups
-    def set_group(self, name: str, empty_reason: str | None = None) -> None:
-        """forget / retain / holdout: ranking metrics, KL, shift, PPL (over the set's scope)."""
-        sp = self.passes[name]
-        scope = self.scopes[name]
-        idx = self.indices[name]
-        rank_reason = empty_reason or _ranking_reason(sp)
-        names = [f"{m}@{k}" for k in self.ks for m in ("recall", "mrr", "ndcg", "m")]
-        for adapter in self.adapters:
-            a = adapter.id
-            pr = self.per_record[name][a]
-            po = self.per_record[name][self.original]
-            if rank_reason is None:
-                for metric in names:
-                    self._set(a, name, metric, float(np.mean(pr[metric][scope])))
-                tied = M.tied_record_count(sp.scores[a][scope], sp.target[scope])
-                self._set(a, name, "tied_records", tied)
-            else:
-                for metric in names + ["tied_records"]:
-                    self._set(a, name, metric, None, rank_reason)
-            if empty_reason is not None:
-                for metric in ("kl", "shift", "ppl"):
-                    self._set(a, name, metric, None, empty_reason)
-                continue
-            self._set(a, name, "kl", float(np.mean(pr["kl"][scope])))
-            self._set(a, name, "shift", float(np.mean(pr["shift"][scope])))
-            ppl = M.perplexity(pr["nll"][scope], pr["tokens"][scope])
-            self._set(a, name, "ppl", ppl, "mean NLL beyond exp's range (PPL overflows)")
-            if idx is None:
-                continue
-            per_mean = (names if rank_reason is None else []) + ["kl", "shift"]
-            for metric in per_mean:
-                self._ci(a, name, metric, _quantiles(pr[metric][idx].mean(1)))
-            self._ci(a, name, "ppl", _quantiles(_ppl_stats(pr["nll"], pr["tokens"], idx)))
-            if a != self.original:
-                for metric in names if rank_reason is None else []:
-                    self._ci(a, name, metric, _quantiles(pr[metric][idx].mean(1) - po[metric][idx].mean(1)), delta=True)
-                with np.errstate(invalid="ignore"):
-                    diff = _ppl_stats(pr["nll"], pr["tokens"], idx) - _ppl_stats(po["nll"], po["tokens"], idx)
-                self._ci(a, name, "ppl", _quantiles(diff), delta=True)
-
-    def tradeoff(self, r_set: str, label: str, missing_reason: str | None) -> None:
-        """Trade-off@K with r = ``r_set`` for every adapter and K (null with the reason)."""
-        for adapter in self.adapters:
-            a = adapter.id
-            for k in self.ks:
-                metric = f"{label}@{k}"
-                if missing_reason is not None:
-                    self._set(a, "tradeoff", metric, None, missing_reason)
-                    continue
-                mk = f"m@{k}"
-                vals = [self.results[x][s].get(mk) for x, s in (
-                    (self.original, "forget"), (a, "forget"), (self.original, r_set), (a, r_set))]
-                if any(v is None for v in vals):
-                    why = self.reasons[self.original].get(f"forget.{mk}") or self.reasons[self.original].get(f"{r_set}.{mk}")
-                    self._set(a, "tradeoff", metric, None, f"ranking metrics are null: {why}")
-                    continue
-                value, reason = M.tradeoff_at_k(*vals)
-                self._set(a, "tradeoff", metric, value, reason)
-                fi, ri = self.indices["forget"], self.indices[r_set]
-                if value is None or fi is None or ri is None:
-                    continue
-                pf = self.per_record["forget"]
-                pr = self.per_record[r_set]
-                mof, muf = pf[self.original][mk][fi].mean(1), pf[a][mk][fi].mean(1)
-                mor, mur = pr[self.original][mk][ri].mean(1), pr[a][mk][ri].mean(1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    stats = 100.0 * ((mof - muf) / mof - (mor - mur) / mor)
-                self._ci(a, "tradeoff", metric, _quantiles(stats))
-
-    def reference_gap(self) -> None:
-        """|M_u^f - M_ref^f| per K and KL(p_ref || p_u) on D_f, for every adapter."""
-        ref = self.reference
-        assert ref is not None
-        idx = self.indices["forget"]
-        scope = self.scopes["forget"]
-        pf = self.per_record["forget"]
-        for adapter in self.adapters:
-            a = adapter.id
-            for k in self.ks:
-                mk = f"m@{k}"
-                mu, mr = self.results[a]["forget"].get(mk), self.results[ref]["forget"].get(mk)
-                if mu is None or mr is None:
-                    self._set(a, "reference", f"gap@{k}", None, f"ranking metrics are null: {self.reasons[a].get('forget.' + mk)}")
-                    continue
-                self._set(a, "reference", f"gap@{k}", abs(mu - mr))
-                if idx is not None:
-                    self._ci(a, "reference", f"gap@{k}", _quantiles(np.abs(pf[a][mk][idx].mean(1) - pf[ref][mk][idx].mean(1))))
-            kl = pf[a]["kl_reference"]
-            self._set(a, "reference", "kl", float(np.mean(kl[scope])))
-            if idx is not None:
-                self._ci(a, "reference", "kl", _quantiles(kl[idx].mean(1)))
-
-    def privacy(self, have_holdout: bool) -> dict | None:
-        """MIA AUC (D_f members vs all of D_h) for every adapter; the original's memorization gap."""
-        gap = None
-        for adapter in self.adapters:
-            a = adapter.id
-            if not have_holdout:
-                self._set(a, "privacy", "mia_auc", None, "no --holdout: membership inference needs non-member records")
-                continue
-            f, h = self.passes["forget"], self.passes["holdout"]
-            mem = M.membership_scores(f.nll[a], f.tokens)
-            non = M.membership_scores(h.nll[a], h.tokens)
-            auc = M.mia_auc(mem, non)
-            self._set(a, "privacy", "mia_auc", auc)
-            if self.n_boot > 0:
-                ci = M.mia_auc_ci(mem, non, n_boot=self.n_boot, seed=_seed_for(self.seed, "mia"))
-                self._ci(a, "privacy", "mia_auc", [ci[0], ci[1]])
-                if a == self.original:
-                    gap = M.memorization_gap(auc, ci)._asdict()
-                    gap["ci"] = list(gap["ci"])
-        return gap
-
-
-def _scopes(passes: Mapping[str, SetPass], retain: Sequence[Record]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Which records each set's metrics average over, and why (holdout: retain users' records).
-
-    Returns the scopes and the holdout facts: scope label, whether its trade-off exists, reasons.
-    """
-    scopes = {name: np.arange(sp.n) for name, sp in passes.items()}
-    info: dict[str, Any] = {}
-    if "holdout" not in passes:
-        return scopes, info
-    h = passes["holdout"]
-    users = [r.user_id for r in h.records]
-    retain_users = {r.user_id for r in retain if r.user_id is not None}
-    if any(u is None for u in users):
-        info.update(scope="all holdout records (some carry no user_id)", tradeoff_reason=(
-            "holdout records carry no user_id, so the retain users' held-out records cannot be selected"))
-    elif not retain_users:
-        info.update(scope="all holdout records (retain records carry no user_id)", tradeoff_reason=(
-            "retain records carry no user_id, so the retain users' held-out records cannot be selected"))
-    else:
-        keep = np.array([i for i, u in enumerate(users) if u in retain_users], dtype=np.int64)
-        scopes["holdout"] = keep
-        info["scope"] = "holdout records of retain users"
-        if keep.size == 0:
-            info["empty_reason"] = "no holdout record belongs to a retain user"
-            info["tradeoff_reason"] = info["empty_reason"]
-    return scopes, info
+def check_settings(ks: Sequence[int], bootstrap: int) -> tuple[int, ...]:
+    """The cut-offs K (positive integers, duplicates dropped, at least one) and the bootstrap
+    count (a non-negative integer), checked; returns the K values (exit 2 on a bad one)."""
+    checked = tuple(dict.fromkeys(M._check_k(k) for k in ks))
+    if not checked:
+        raise InputError("-k: at least one K is required")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise InputError(f"--bootstrap must be a non-negative integer, got {bootstrap!r}")
+    return checked
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
@@ -804,11 +583,7 @@ def evaluate(
     from peft import PeftModel
 
     t_start = time.perf_counter()
-    ks = tuple(dict.fromkeys(M._check_k(k) for k in ks))
-    if not ks:
-        raise InputError("-k: at least one K is required")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise InputError(f"--bootstrap must be a non-negative integer, got {bootstrap!r}")
+    ks = check_settings(ks, bootstrap)
     if not adapters or adapters[0].role != "original":
         raise InputError("the first adapter must be the original")
     sets = {"forget": _as_records(forget, "forget"), "retain": _as_records(retain, "retain")}
@@ -849,7 +624,7 @@ def evaluate(
         passes: dict[str, SetPass] = {}
         encode_s = 0.0
         for name, (recs, _) in sets.items():
-            sp, enc_s = _run_set(
+            sp, enc_s = _run_columns(
                 peft_model, tokenizer, name, recs, columns, formatter=formatter, max_length=length,
                 batch_size=batch_size, padding_side=padding_side, reference_kl=has_ref and name == "forget",
                 progress=progress,
@@ -861,41 +636,10 @@ def evaluate(
     forward_s = sum(sum(sp.forward_s.values()) for sp in passes.values())
 
     t = time.perf_counter()
-    scopes, hinfo = _scopes(passes, sets["retain"][0])
-    summary = _Summary(passes, list(adapters), ks, scopes, bootstrap, seed)
-    summary.set_group("forget")
-    summary.set_group("retain")
-    if "holdout" in passes:
-        summary.set_group("holdout", hinfo.get("empty_reason"))
-    summary.tradeoff("retain", "retain", None)
-    if "holdout" in passes:
-        summary.tradeoff("holdout", "holdout", hinfo.get("tradeoff_reason"))
-    if has_ref:
-        summary.reference_gap()
-    gap = summary.privacy("holdout" in passes)
+    summary = summarize(passes, adapters, ks, sets["retain"][0], bootstrap=bootstrap, seed=seed)
     metrics_s = time.perf_counter() - t
+    scopes, hinfo = summary.scopes, summary.holdout
 
-    notes = adapter_warnings(adapters)
-    notes += _data_warnings(passes, scopes, ks)
-    if gap is not None and gap["warn"]:
-        notes.append(gap["message"])
-    for e in adapters:
-        if e.role != "unlearned":
-            continue
-        r_o, r_u = summary.results[original.id]["retain"], summary.results[e.id]["retain"]
-        nd_o = nd_u = None
-        if passes["retain"].has_ranking:
-            nd_o = float(np.mean(summary.per_record["retain"][original.id]["ndcg@10"]))
-            nd_u = float(np.mean(summary.per_record["retain"][e.id]["ndcg@10"]))
-        notes += [f"{e.id}: possible collapse: {w}" for w in M.collapse_warnings(r_o["ppl"], r_u["ppl"], nd_o, nd_u)]
-
-    for e in adapters:
-        seqs = sum(sp.sequences[e.id] for sp in passes.values())
-        secs = sum(sp.forward_s[e.id] for sp in passes.values())
-        n_rec = sum(sp.n for sp in passes.values())
-        summary._set(e.id, "cost", "forward_s", secs)
-        summary._set(e.id, "cost", "sequences", seqs)
-        summary._set(e.id, "cost", "samples_per_s", n_rec / secs if secs > 0 else None, "no measurable forward time")
     total_records = sum(sp.n for sp in passes.values()) * len(adapters)
     peak, peak_source = _peak_memory(run_device)
     wall = time.perf_counter() - t_start
@@ -934,31 +678,14 @@ def evaluate(
         ks=ks,
         data=data,
         results=summary.results,
-        null_reasons=summary.reasons,
+        null_reasons=summary.null_reasons,
         ci=summary.ci,
-        ci_vs_original=summary.ci_delta,
-        memorization_gap=gap,
-        warnings=notes,
+        ci_vs_original=summary.ci_vs_original,
+        memorization_gap=summary.memorization_gap,
+        warnings=adapter_warnings(adapters) + summary.warnings,
         cost=cost,
         settings=settings,
         passes=passes,
         per_record=summary.per_record,
     )
 
-
-def _data_warnings(passes: Mapping[str, SetPass], scopes: Mapping[str, np.ndarray], ks: Sequence[int]) -> list[str]:
-    """K at or above the candidate count, prompts truncated to fit --max-length."""
-    out = []
-    for name, sp in passes.items():
-        if sp.has_ranking and scopes[name].size:
-            fewest = int(sp.n_candidates[scopes[name]].min())
-            big = [k for k in ks if k >= fewest]
-            if big:
-                out.append(
-                    f"K={', '.join(map(str, big))} >= {fewest}, the candidate count of some {name} records: "
-                    f"Recall@K is 1 there by construction"
-                )
-        cut = int(np.count_nonzero(sp.truncated))
-        if cut:
-            out.append(f"{cut} of {sp.n} {name} records lost prompt tokens from the left to fit --max-length")
-    return out
