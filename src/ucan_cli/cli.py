@@ -7,7 +7,6 @@ answer without them.
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Annotated, Any
 
@@ -124,6 +123,8 @@ def main() -> None:
     if text is not None:
         typer.echo(text)
         return
+    import signal
+
     signal.signal(signal.SIGTERM, _terminate)
     app(prog_name="ucan")
 

@@ -24,7 +24,6 @@ import typer
 
 from ucan_cli.config import convert, load_config
 from ucan_cli.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, UcanError
-from ucan_cli.io.outdir import reading
 from ucan_cli.methods.ucan.params import EXCLUSIVE, PANEL_METHOD, MethodParams, StatisticsOptions, option_fields, spec
 
 PANEL_MODEL = "Model"
@@ -269,6 +268,8 @@ def ucan_command(*, model: bool = True):
                 rt = RuntimeOptions(**{name: kwargs.pop(name) for name in specs})
                 for group, names in groups.items():
                     kwargs[group] = {name: kwargs.pop(name) for name in names}
+                from ucan_cli.io.outdir import reading  # here, not at import: ucan --help stays light
+
                 with reading(rt.config):  # no output may overlap the --config file
                     return fn(*args, rt=rt, **kwargs)
             except typer.Exit:

@@ -17,7 +17,6 @@ import typer
 
 from ucan_cli.errors import InputError
 from ucan_cli.help import UcanCommand, UcanGroup
-from ucan_cli.io.outdir import reading
 from ucan_cli.options import RuntimeOptions, ucan_command
 
 if TYPE_CHECKING:
@@ -174,6 +173,8 @@ def split(
     from ucan_cli.prepare.split import parse_user_ids, read_user_ids_file, split_by_users
 
     ids = parse_user_ids(forget_users) if forget_users_file is None else read_user_ids_file(forget_users_file)
+    from ucan_cli.io.outdir import reading
+
     with reading(forget_users_file):  # -o --force must not delete the users file either
         result = split_by_users(
             data,
