@@ -39,9 +39,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sweep import (  # noqa: E402  (the benchmark helpers live next to this script)
+from harness import (  # a sibling module: benchmarks/ is first on sys.path for a script here
     Bench,
     Config,
     attenuate_config,

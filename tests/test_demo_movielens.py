@@ -34,7 +34,7 @@ WORLD_FILES = {"world.json", "public.jsonl", "forget.jsonl", "retain.jsonl", "ho
 @pytest.fixture(scope="module")
 def default_worlds():
     """The records of the full-size world (no training), both scenarios."""
-    from ucan_cli.demo.movielens import movielens_world
+    from ucan_cli.demo.movielens_world import movielens_world
 
     return {scenario: movielens_world(0, scenario) for scenario in ("group", "random")}
 
@@ -42,7 +42,7 @@ def default_worlds():
 @pytest.fixture(scope="module")
 def small_built(tmp_path_factory):
     """A small world built through the cache (group, then random reusing its base and original)."""
-    from ucan_cli.demo import movielens
+    from ucan_cli.demo import movielens_world as movielens
 
     started = time.time()
     root = tmp_path_factory.mktemp("ucan-cache")
@@ -108,7 +108,7 @@ def test_records_are_item_token_bench_records(default_worlds):
 
 def test_every_movie_is_one_token(default_worlds):
     from ucan_cli.demo.build import as_records
-    from ucan_cli.demo.movielens import build_movielens_tokenizer
+    from ucan_cli.demo.movielens_world import build_movielens_tokenizer
     from ucan_cli.io.prompts import PromptFormatter
 
     world = default_worlds["group"]
@@ -124,7 +124,7 @@ def test_every_movie_is_one_token(default_worlds):
 
 
 def test_refuses_to_build_inside_the_repository():
-    from ucan_cli.demo.movielens import build_movielens_world
+    from ucan_cli.demo.movielens_world import build_movielens_world
 
     target = REPO / "movielens-world-must-not-exist"
     with pytest.raises(InputError, match="inside the ucan-cli checkout"):
@@ -133,7 +133,7 @@ def test_refuses_to_build_inside_the_repository():
 
 
 def test_bad_choices_and_missing_data_fail_before_any_work(tmp_path):
-    from ucan_cli.demo.movielens import ensure_movielens_world
+    from ucan_cli.demo.movielens_world import ensure_movielens_world
 
     notes: list[str] = []
     with pytest.raises(InputError, match="--scenario: unknown scenario 'women'; one of group, random"):
@@ -149,7 +149,7 @@ def test_bad_choices_and_missing_data_fail_before_any_work(tmp_path):
 
 
 def test_small_world_layout_and_cache(small_built):
-    from ucan_cli.demo.movielens import DATA_LABEL, world_key
+    from ucan_cli.demo.movielens_world import DATA_LABEL, world_key
 
     assert small_built["how"] == ("built", "built", "cached")
     assert small_built["again"] == small_built["group"]

@@ -104,7 +104,7 @@ def demo(
     ui = UI(rt)
     check_output_dir(out, force=force, protected=[cache_root()])  # before a world is built
     if data == "movielens":
-        from ucan_cli.demo.movielens import ensure_movielens_world
+        from ucan_cli.demo.movielens_world import ensure_movielens_world
 
         world_dir, how = ensure_movielens_world(
             rt.seed, scenario, rebuild, size=size, progress=ui.progress, on_build=ui.info

@@ -22,9 +22,10 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,13 +129,19 @@ def _lm_loss(model, batch) -> tuple[torch.Tensor, int]:
     return loss, int(mask.sum())
 
 
-def pretrain_base(world: World, tokenizer, config: BuildConfig, *, seed: int, progress: ProgressFactory | None = None):
-    """A tiny Llama trained from scratch (full fine-tune, whole-sequence LM loss) on public users."""
+def pretrain_base(
+    records: Sequence[Record], tokenizer, config: BuildConfig, *, seed: int, progress: ProgressFactory | None = None
+):
+    """A tiny Llama trained from scratch (full fine-tune, whole-sequence LM loss) on ``records``
+    (the public users), for every world kind.
+
+    The loss covers every token after the first, history included, so the base learns which
+    items go together as well as the format. The learning rate decays linearly to 0.
+    """
     from ucan_cli.toy import build_model
 
     model = build_model("llama", tokenizer, seed=seed, hidden=config.hidden, layers=config.layers,
                         heads=config.heads, max_positions=256)
-    records = as_records(world.public, "public.jsonl")
     encoded = encode_set(records, tokenizer, PromptFormatter("alpaca", tokenizer), config.lora.max_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.base_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
@@ -279,13 +286,22 @@ def build_world(
     from ucan_cli.runtime.models import hf_quiet
     from ucan_cli.runtime.threads import torch_threads
 
-    config = config or CONFIGS[world.size]
+    spec = WorldSpec(
+        seed=world.seed,
+        sets=world.sets(),
+        forget_users=set(world.forget_users),
+        make_tokenizer=lambda: build_demo_tokenizer(world),
+        user_order=lambda r: (r.user_id, r.line),
+        header={"label": "SYNTHETIC demo world: generated users and items, no real people"},
+        about={"world": world.describe()},
+    )
     # A tiny model is overhead-bound: one thread is faster and leaves a core free.
     with torch_threads(1), hf_quiet():
-        return _build(world, Path(out_dir), config, progress, measure, key, Path(reuse) if reuse else None)
+        return build_world_dir(spec, Path(out_dir), config or CONFIGS[world.size], progress=progress, measure=measure,
+                               key=key, reuse=Path(reuse) if reuse else None)
 
 
-def _normalize_adapter_config(adapter_dir: Path) -> None:
+def normalize_adapter_config(adapter_dir: Path) -> None:
     """Sort ``target_modules`` (PEFT stores a set, whose order changes between runs)."""
     path = adapter_dir / "adapter_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -294,10 +310,39 @@ def _normalize_adapter_config(adapter_dir: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _build(
-    world: World, out: Path, config: BuildConfig, progress: ProgressFactory | None, measure: bool,
+@dataclass
+class WorldSpec:
+    """What a world kind supplies to the one builder (``build_world_dir``): its records, how to
+    make its tokenizer, its configuration, and the manifest entries that are its own.
+
+    Attributes:
+        seed: seeds torch, the base and both adapters.
+        sets: rows of ``public``, ``forget``, ``retain`` and ``holdout`` (written as JSONL).
+        forget_users: the forget users' ids (for the memorization numbers).
+        make_tokenizer: builds the tokenizer (every item one token).
+        user_order: sort key of a ``Record`` that puts every adapter user's records in user order.
+        header: manifest entries before ``world`` (``label``, and ``data`` where it applies).
+        about: manifest entries from ``world`` on (``world``, and ``group`` where it applies).
+    """
+
+    seed: int
+    sets: dict[str, list[dict]]
+    forget_users: set[str]
+    make_tokenizer: Callable[[], Any]
+    user_order: Callable[[Record], Any]
+    header: dict[str, Any]
+    about: dict[str, Any]
+
+
+def build_world_dir(
+    spec: WorldSpec, out: Path, config: BuildConfig, *, progress: ProgressFactory | None, measure: bool,
     key: str | None, reuse: Path | None,
 ) -> dict:
+    """Write a world directory into the empty ``out``: the record files, the base (pre-trained
+    on the public users) with its tokenizer, the original adapter (every adapter user, in user
+    order, so it does not depend on the scenario; copied from ``reuse`` when given, with the base),
+    the reference adapter (retain users only), the memorization numbers (``measure``) and
+    ``world.json``. Returns the manifest."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -305,11 +350,11 @@ def _build(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    torch.manual_seed(world.seed)
-    for name, rows in world.sets().items():
+    torch.manual_seed(spec.seed)
+    for name, rows in spec.sets.items():
         (out / f"{name}.jsonl").write_text(to_jsonl(rows), encoding="utf-8")
-    sets = {name: as_records(rows, f"{name}.jsonl") for name, rows in world.sets().items()}
-    lora = TrainConfig(**{**asdict(config.lora), "seed": world.seed})
+    sets = {name: as_records(rows, f"{name}.jsonl") for name, rows in spec.sets.items()}
+    lora = TrainConfig(**{**asdict(config.lora), "seed": spec.seed})
     if reuse is not None:
         shutil.copytree(reuse / "base", out / "base")
         shutil.copytree(reuse / "original", out / "original")
@@ -319,28 +364,26 @@ def _build(
         original_loss = json.loads((reuse / "world.json").read_text(encoding="utf-8"))["train_loss"]["original"]
         timings["reused_s"] = time.perf_counter() - t0
     else:
-        tokenizer = build_demo_tokenizer(world)
-        base = pretrain_base(world, tokenizer, config, seed=world.seed, progress=progress)
+        tokenizer = spec.make_tokenizer()
+        base = pretrain_base(sets["public"], tokenizer, config, seed=spec.seed, progress=progress)
         base.save_pretrained(out / "base", safe_serialization=True)
         tokenizer.save_pretrained(out / "base")
         timings["base_s"] = time.perf_counter() - t0
-        # Every non-public user in user order: the same training data, hence the same adapter,
-        # in both scenarios.
-        by_user = sorted(sets["forget"] + sets["retain"], key=lambda r: (r.user_id, r.line))
+        by_user = sorted(sets["forget"] + sets["retain"], key=spec.user_order)
         t1 = time.perf_counter()
         original_loss = train_lora(base, tokenizer, by_user, out / "original", lora, progress=progress).epoch_losses[-1]
-        _normalize_adapter_config(out / "original")
+        normalize_adapter_config(out / "original")
         timings["original_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     reference = train_lora(base, tokenizer, sets["retain"], out / "reference", lora, progress=progress)
-    _normalize_adapter_config(out / "reference")
+    normalize_adapter_config(out / "reference")
     timings["reference_s"] = time.perf_counter() - t2
 
     manifest = {
         "key": key,
         "ucan_version": __version__,
-        "label": "SYNTHETIC demo world: generated users and items, no real people",
-        "world": world.describe(),
+        **spec.header,
+        **spec.about,
         "model": {"arch": "llama", "hidden": config.hidden, "layers": config.layers, "heads": config.heads,
                   "vocab": len(tokenizer), "base_epochs": config.base_epochs, "base_lr": config.base_lr},
         "lora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(lora).items()},
@@ -354,7 +397,7 @@ def _build(
         peft = PeftModel.from_pretrained(base, str(out / "original"), adapter_name="original")
         peft.load_adapter(str(out / "reference"), adapter_name="reference")
         peft.eval()
-        manifest["memorization"] = memorization_report(peft, tokenizer, sets, set(world.forget_users))
+        manifest["memorization"] = memorization_report(peft, tokenizer, sets, spec.forget_users)
         timings["measure_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     manifest["build_seconds"] = {k: round(v, 2) for k, v in timings.items()}

@@ -109,7 +109,7 @@ def _staging(target: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _install(tmp: Path, target: Path, *, replace: bool) -> None:
+def install(tmp: Path, target: Path, *, replace: bool) -> None:
     """Rename a finished world into place; an existing complete one wins unless ``replace``."""
     os.chmod(tmp, 0o755)
     if target.exists():
@@ -186,7 +186,7 @@ def ensure_world(
         with _staging(target) as tmp:
             _unpack(archive, tmp)
             if is_complete(tmp, key):
-                _install(tmp, target, replace=not is_complete(target, key))
+                install(tmp, target, replace=not is_complete(target, key))
                 return target, "shipped"
     world = generate_world(seed, scenario, size)
     if on_build is not None:
@@ -202,7 +202,7 @@ def ensure_world(
                 break
     with _staging(target) as tmp:
         build_world(world, tmp, progress=progress, key=key, reuse=reuse)
-        _install(tmp, target, replace=rebuild or not is_complete(target, key))
+        install(tmp, target, replace=rebuild or not is_complete(target, key))
     return target, "built"
 
 

@@ -41,13 +41,10 @@ Who is who (``docs/movielens-demo.md`` gives the evidence for each choice):
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +52,7 @@ import numpy as np
 from ucan_cli.demo import cache
 from ucan_cli.demo.build import BuildConfig
 from ucan_cli.errors import InputError, UcanRuntimeError
-from ucan_cli.progress import ProgressFactory, or_null
+from ucan_cli.progress import ProgressFactory
 from ucan_cli.training import TrainConfig
 
 SCENARIOS = ("group", "random")
@@ -358,56 +355,6 @@ def build_movielens_tokenizer(items: Sequence[int]):
     return tokenizer
 
 
-def pretrain_base(records, tokenizer, config: BuildConfig, *, seed: int, progress: ProgressFactory | None = None):
-    """A tiny Llama trained from scratch (full fine-tune, whole-sequence LM loss) on ``records``.
-
-    The loss covers every token after the first, history included, so the base learns which
-    movies go together as well as the format. The learning rate decays linearly to 0.
-    """
-    import torch
-
-    from ucan_cli.io.prompts import PromptFormatter
-    from ucan_cli.io.tokenize import encode_set, iter_batches, pad_token_id
-    from ucan_cli.toy import build_model
-
-    model = build_model("llama", tokenizer, seed=seed, hidden=config.hidden, layers=config.layers,
-                        heads=config.heads, max_positions=256)  # fmt: skip
-    encoded = encode_set(records, tokenizer, PromptFormatter("alpaca", tokenizer), config.lora.max_length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.base_lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    pad = pad_token_id(tokenizer)
-    total_steps = config.base_epochs * -(-len(encoded) // config.base_batch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / max(total_steps, 1))
-    model.train()
-    with or_null(progress)("pretraining the base on the public users", total_steps) as advance:
-        for _ in range(config.base_epochs):
-            order = torch.randperm(len(encoded), generator=generator).tolist()
-            for batch in iter_batches(encoded, config.base_batch, pad, subset=order, sort_by_length=False):
-                out = model(**batch.model_inputs())
-                mask = batch.attention_mask[:, 1:].bool() & batch.attention_mask[:, :-1].bool()
-                loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].float()[mask], batch.input_ids[:, 1:][mask])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                advance(1)
-    model.eval()
-    return model
-
-
-def _normalize_adapter_config(adapter_dir: Path) -> None:
-    """Sort ``target_modules`` (PEFT stores a set, whose order changes between runs)."""
-    path = adapter_dir / "adapter_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _to_jsonl(rows: Sequence[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
 # ------------------------------------------------------------------------------ the world dir
 
 
@@ -430,76 +377,24 @@ def _check_outside_repo(out: Path) -> None:
 def _write_world(
     world: MovieLensWorld, out: Path, *, key: str | None, reuse: Path | None, progress: ProgressFactory | None,
 ) -> dict:
-    """Train and write everything into the empty directory ``out``; return the manifest."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Train and write everything into the empty directory ``out`` with the demo's one world
+    builder (``demo.build.build_world_dir``); return the manifest."""
+    from ucan_cli.demo.build import WorldSpec, build_world_dir
 
-    from ucan_cli._version import __version__
-    from ucan_cli.demo.build import as_records, memorization_report
-    from ucan_cli.training import train_lora
-
-    config = SIZES[world.size].build
-    lora = TrainConfig(**{**asdict(config.lora), "seed": world.seed})
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    torch.manual_seed(world.seed)
-    for name, rows in world.sets().items():
-        (out / f"{name}.jsonl").write_text(_to_jsonl(rows), encoding="utf-8")
-    sets = {name: as_records(rows, f"{name}.jsonl") for name, rows in world.sets().items()}
-    if reuse is not None:
-        shutil.copytree(reuse / "base", out / "base")
-        shutil.copytree(reuse / "original", out / "original")
-        tokenizer = AutoTokenizer.from_pretrained(out / "base")
-        base = AutoModelForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
-        base.eval()
-        original_loss = json.loads((reuse / "world.json").read_text(encoding="utf-8"))["train_loss"]["original"]
-        timings["reused_s"] = time.perf_counter() - t0
-    else:
-        tokenizer = build_movielens_tokenizer(world.items)
-        base = pretrain_base(sets["public"], tokenizer, config, seed=world.seed, progress=progress)
-        base.save_pretrained(out / "base", safe_serialization=True)
-        tokenizer.save_pretrained(out / "base")
-        timings["base_s"] = time.perf_counter() - t0
-        # Every adapter user in user order: the same data, hence the same adapter, in both scenarios.
-        by_user = sorted(sets["forget"] + sets["retain"], key=lambda r: (int(r.user_id or 0), r.id or ""))
-        t1 = time.perf_counter()
-        original = train_lora(base, tokenizer, by_user, out / "original", lora, progress=progress)
-        original_loss = original.epoch_losses[-1]
-        _normalize_adapter_config(out / "original")
-        timings["original_s"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    reference = train_lora(base, tokenizer, sets["retain"], out / "reference", lora, progress=progress)
-    _normalize_adapter_config(out / "reference")
-    timings["reference_s"] = time.perf_counter() - t2
-
-    t3 = time.perf_counter()
-    peft = PeftModel.from_pretrained(base, str(out / "original"), adapter_name="original")
-    peft.load_adapter(str(out / "reference"), adapter_name="reference")
-    peft.eval()
-    memorization = memorization_report(peft, tokenizer, sets, {str(u) for u in world.forget_users})
-    timings["measure_s"] = time.perf_counter() - t3
-    timings["total_s"] = time.perf_counter() - t0
-    manifest = {
-        "key": key,
-        "ucan_version": __version__,
-        "data": DATA_LABEL,
-        "label": "MovieLens-100K (GroupLens): real users' ratings. Not redistributable: built locally from "
-        "your copy, never shipped; do not share this directory.",
-        "world": world.describe(),
-        "group": world.group_definition(),
-        "model": {"arch": "llama", "hidden": config.hidden, "layers": config.layers, "heads": config.heads,
-                  "vocab": len(tokenizer), "base_epochs": config.base_epochs, "base_lr": config.base_lr},
-        "lora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(lora).items()},
-        "train_loss": {"original": round(original_loss, 4), "reference": round(reference.epoch_losses[-1], 4)},
-        "reused_base_and_original": reuse is not None,
-        "files": {"base": "base", "original": "original", "reference": "reference",
-                  **{name: f"{name}.jsonl" for name in SET_NAMES}},
-        "memorization": memorization,
-        "build_seconds": {k: round(v, 2) for k, v in timings.items()},
-    }  # fmt: skip
-    (out / "world.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    spec = WorldSpec(
+        seed=world.seed,
+        sets=world.sets(),
+        forget_users={str(u) for u in world.forget_users},
+        make_tokenizer=lambda: build_movielens_tokenizer(world.items),
+        user_order=lambda r: (int(r.user_id or 0), r.id or ""),
+        header={
+            "data": DATA_LABEL,
+            "label": "MovieLens-100K (GroupLens): real users' ratings. Not redistributable: built locally from "
+            "your copy, never shipped; do not share this directory.",
+        },
+        about={"world": world.describe(), "group": world.group_definition()},
+    )
+    return build_world_dir(spec, out, SIZES[world.size].build, progress=progress, measure=True, key=key, reuse=reuse)
 
 
 # ------------------------------------------------------------------------------ building and the cache
@@ -508,7 +403,7 @@ def _write_world(
 #: The revision of the MovieLens world (its preparation, ``prepare/movielens.py``, and this
 #: module's builder): bump it in the same commit as any change that alters its records or
 #: weights; the cache then builds afresh. Moving or renaming code needs no bump.
-REVISION = "ml1"
+REVISION = "ml2"  # ml2: the base pre-trains with the one builder's loss (sum / tokens, not mean)
 
 
 def world_name(seed: int, scenario: str, size: str = "default") -> str:
@@ -524,20 +419,6 @@ def world_key(seed: int, scenario: str, size: str = "default") -> str:
 def world_path(seed: int, scenario: str, size: str = "default", root: Path | None = None) -> Path:
     """Where the world of this key lives in the user cache dir (it may not exist yet)."""
     return cache.keyed_path(world_key(seed, scenario, size), root)
-
-
-def _install(tmp: Path, target: Path, *, replace: bool) -> None:
-    """Rename a finished world into place; an existing one is kept unless ``replace``."""
-    os.chmod(tmp, 0o755)
-    if target.exists():
-        if not replace:
-            return  # another process finished the same world first
-        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, trash / "old")
-        os.replace(tmp, target)
-        shutil.rmtree(trash, ignore_errors=True)
-        return
-    os.replace(tmp, target)
 
 
 def build_movielens_world(
@@ -575,7 +456,7 @@ def build_movielens_world(
         with torch_threads(1):  # a tiny model is overhead-bound (ucan_cli.runtime.threads)
             _write_world(world, tmp, key=world_key(seed, scenario, size), reuse=Path(reuse) if reuse else None,
                          progress=progress)  # fmt: skip
-        _install(tmp, target, replace=True)
+        cache.install(tmp, target, replace=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
