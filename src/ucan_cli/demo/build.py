@@ -73,8 +73,9 @@ CONFIGS: dict[str, BuildConfig] = {
 # ------------------------------------------------------------------------------ tokenizer
 
 
-def build_demo_tokenizer(world: World):
-    """A BPE tokenizer in which every word of the template and every item id is one token.
+def item_tokenizer(items: Sequence[str], instruction: str):
+    """A BPE tokenizer in which every word of the template (with ``instruction``) and every item
+    token is one token (every world kind builds its tokenizer here).
 
     SentencePiece-style word boundaries (``Metaspace``: a space becomes part of the next word)
     let ``i017`` be the same single token in a history and as a response, and an unlimited BPE
@@ -88,7 +89,7 @@ def build_demo_tokenizer(world: World):
     from ucan_cli.toy import BOS, EOS, PAD
 
     unk = "<unk>"
-    texts = [ALPACA.format(instruction=INSTRUCTION, input="History: "), " ".join(world.items)] * 4
+    texts = [ALPACA.format(instruction=instruction, input="History: "), " ".join(items)] * 4
     tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
@@ -101,6 +102,11 @@ def build_demo_tokenizer(world: World):
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=unk,
         padding_side="left", model_max_length=256,
     )
+
+
+def build_demo_tokenizer(world: World):
+    """The synthetic world's tokenizer: ``item_tokenizer`` over its catalogue."""
+    return item_tokenizer(world.items, INSTRUCTION)
 
 
 def item_token_ids(tokenizer, items: Sequence[str]) -> dict[str, list[int]]:

@@ -322,33 +322,16 @@ def movielens_world(
 def build_movielens_tokenizer(items: Sequence[int]):
     """A BPE tokenizer in which every template word and every movie token is one token.
 
-    The same construction as the synthetic world's (``demo.build.build_demo_tokenizer``):
+    The synthetic world's construction (``demo.build.item_tokenizer``):
     SentencePiece-style word boundaries and an unlimited BPE vocabulary trained on the template
     and the catalogue merge every word completely, so a prompt of 10 movies is 22 tokens and a
     candidate is scored in one forward pass. Checked here: a movie that is not one token is a
     runtime error rather than silently slower, differently scored candidates.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from ucan_cli.demo.build import item_tokenizer
 
-    from ucan_cli.io.prompts import ALPACA
-    from ucan_cli.toy import BOS, EOS, PAD
-
-    unk = "<unk>"
     tokens = [item_token(i) for i in items]
-    texts = [ALPACA.format(instruction=INSTRUCTION, input="History: "), " ".join(tokens)] * 4
-    tok = Tokenizer(models.BPE(unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    trainer = trainers.BpeTrainer(vocab_size=1 << 16, special_tokens=[PAD, BOS, EOS, unk], show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=unk,
-        padding_side="left", model_max_length=256,
-    )
+    tokenizer = item_tokenizer(tokens, INSTRUCTION)
     split = [t for t in tokens if len(tokenizer(t, add_special_tokens=False)["input_ids"]) != 1]
     if split:
         raise UcanRuntimeError(f"the MovieLens tokenizer splits {len(split)} movie tokens (e.g. {split[0]!r})")
