@@ -239,17 +239,21 @@ def _iter_lines(path: Path, digest) -> Iterator[tuple[int, bytes]]:
         raw.drain()  # the whole file's SHA-256, whatever the gzip reader left unread
 
 
-def _iter_jsonl(path: Path, digest) -> Iterator[tuple[int, object]]:
-    shared: dict[str, str] = {}
+def iter_json_lines(path: Path, digest) -> Iterator[tuple[int, str, object]]:
+    """Each non-blank line of a JSONL file: its number, its text without the line ending, its JSON.
+
+    Gzip is decompressed, a leading BOM dropped, every line at most ``MAX_LINE_BYTES``; the
+    file's bytes go through ``digest``. A line that is not UTF-8 or not JSON is an
+    ``InputError`` naming the file and line. ``prepare split`` writes the text back verbatim.
+    """
     for lineno, line_bytes in _iter_lines(path, digest):
         if lineno == 1 and line_bytes.startswith(b"\xef\xbb\xbf"):
             line_bytes = line_bytes[3:]
         try:
-            text = line_bytes.decode("utf-8")
+            text = line_bytes.decode("utf-8").removesuffix("\n").rstrip("\r")
         except UnicodeDecodeError as exc:
             raise InputError(f"{_where(path, lineno)}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        text = text.strip()
-        if not text:
+        if not text.strip():
             continue
         try:
             obj = json.loads(text)
@@ -257,6 +261,12 @@ def _iter_jsonl(path: Path, digest) -> Iterator[tuple[int, object]]:
             raise InputError(f"{_where(path, lineno)}: invalid JSON ({exc.msg} at column {exc.colno})") from None
         except RecursionError:
             raise InputError(f"{_where(path, lineno)}: invalid JSON (nested too deeply)") from None
+        yield lineno, text, obj
+
+
+def _iter_jsonl(path: Path, digest) -> Iterator[tuple[int, object]]:
+    shared: dict[str, str] = {}
+    for lineno, _text, obj in iter_json_lines(path, digest):
         yield lineno, _share_strings(obj, shared) if isinstance(obj, dict) else obj
 
 

@@ -9,7 +9,6 @@ compared as a string, so ``7`` and ``"7"`` name the same user.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 
 from ucan_cli._version import __version__
 from ucan_cli.errors import InputError, NothingToDo
+from ucan_cli.io.data import iter_json_lines
 from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
 
 
@@ -70,33 +70,16 @@ def read_user_ids_file(path: str | Path) -> list[str]:
 def read_lines(path: str | Path) -> tuple[list[Line], str]:
     """The non-blank lines of a JSONL (or ``.jsonl.gz``) file with their ``user_id``, and its SHA-256.
 
-    A BOM and CRLF endings are tolerated. Invalid JSON, a non-object, or a missing or non-scalar
+    Read as every record file is (``io.data.iter_json_lines``): a BOM and CRLF endings are
+    tolerated, a line is at most 1 MiB. Invalid JSON, a non-object, or a missing or non-scalar
     ``user_id`` is an ``InputError`` naming the file and line.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: --data file not found")
-    raw = path.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
-    if path.name.endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise InputError(f"{path}: not a valid gzip file ({exc})") from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
+    digest = hashlib.sha256()
     lines: list[Line] = []
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = chunk.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    for number, text, obj in iter_json_lines(path, digest):
         if not isinstance(obj, dict):
             raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
         if "user_id" not in obj:
@@ -107,7 +90,7 @@ def read_lines(path: str | Path) -> tuple[list[Line], str]:
         lines.append(Line(number, text, str(user_id)))
     if not lines:
         raise InputError(f"{path}: --data file is empty (no records)")
-    return lines, digest
+    return lines, digest.hexdigest()
 
 
 def split_lines(
