@@ -144,6 +144,9 @@ def test_reader_tolerates_bom_crlf_blank_lines_and_gzip(tmp_path):
         ('{"user_id": 1}\n{oops\n', r"d\.jsonl:2: invalid JSON"),
         ('{"user_id": [1]}\n', r"d\.jsonl:1: field 'user_id' must be a string or an integer"),
         ("\n\n", r"d\.jsonl: --data file is empty"),
+        # split shares io.data's line reader: deep nesting and oversized lines are input errors too
+        ('{"user_id": 1}\n' + '{"a": ' * 100_000 + "1" + "}" * 100_000 + "\n", r"d\.jsonl:2: invalid JSON \(nested too deeply\)"),
+        ('{"user_id": 1, "x": "' + "y" * (1 << 20) + '"}\n', r"d\.jsonl:1: line is longer than 1 MiB"),
     ],
 )
 def test_reader_errors_name_file_and_line(tmp_path, content, message):
