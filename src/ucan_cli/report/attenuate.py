@@ -155,7 +155,8 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
 
     from ucan_cli.report import fmt
 
-    title = "U-CAN attenuation (dry run: nothing written)" if doc["dry_run"] else f"U-CAN attenuation -> {doc['output']['path']}"
+    what = "U-CAN attenuation" if "training" not in doc else f"{doc['options'].get('method')} (gradient method)"
+    title = f"{what} (dry run: nothing written)" if doc["dry_run"] else f"{what} -> {doc['output']['path']}"
     summary = Table(title=title, title_justify="left", show_header=False)
     summary.add_column("what")
     summary.add_column("value", justify="right")
