@@ -24,7 +24,7 @@ import typer
 
 from ucan_cli.config import convert, load_config
 from ucan_cli.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, UcanError
-from ucan_cli.methods.ucan.params import EXCLUSIVE, PANEL_METHOD, MethodParams, StatisticsOptions, option_fields, spec
+from ucan_cli.methods.ucan.params import EXCLUSIVE, PANEL_METHOD, option_fields, spec
 
 PANEL_MODEL = "Model"
 PANEL_DATA = "Data"
@@ -128,10 +128,13 @@ ReceiptKeyOpt = Annotated[
 @dataclass(frozen=True)
 class OptionGroup:
     """Marks a command parameter that ``@ucan_command`` replaces, in place, with one option per
-    U-CAN option field (``methods.ucan.params``; ``names`` picks a subset). The command receives
-    the parameter as a dict of field name -> value, None where the option was not given."""
+    option field of a method family: ``ucan`` (U-CAN's, ``methods.ucan.params``; ``names`` picks a
+    subset) or ``gradient`` (``methods.gradient.params``: every option of ga, graddiff and npo once).
+    The command receives the parameter as a dict of field name -> value, None where the option was
+    not given."""
 
     names: tuple[str, ...] | None = None
+    family: str = "ucan"
 
 
 def method_options(*names: str):
@@ -141,29 +144,44 @@ def method_options(*names: str):
 
 #: Every U-CAN option (``score``, ``attenuate``): ``method: MethodOptions = None``.
 MethodOptions = method_options()
+#: Every option of the gradient family (``attenuate``): ``gradient: GradientOptions = None``.
+GradientOptions = Annotated[dict, OptionGroup(None, "gradient")]
 
 
-def _field_types() -> dict[str, type]:
-    """Field name -> the field's type without None (``float`` for ``float | None``)."""
-    hints = {**typing.get_type_hints(MethodParams), **typing.get_type_hints(StatisticsOptions)}
-    out = {}
-    for name, hint in hints.items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = args[0] if args else hint
-    return out
+def _family_fields(group: OptionGroup) -> tuple[list[tuple[object, str]], dict[str, type]]:
+    """(field, help text) of every option of the group's family in CLI order, and field name ->
+    its type without None (``float`` for ``float | None``)."""
+    if group.family == "gradient":
+        from ucan_cli.methods.gradient.params import PARAMS, option_fields as gradient_fields, option_help
+
+        chosen = [(f, option_help(f)) for f in gradient_fields()]
+        owners = list(PARAMS.values())
+    else:
+        from ucan_cli.methods.ucan.params import MethodParams, StatisticsOptions
+
+        picked = [f for f in option_fields() if group.names is None or f.name in group.names]
+        present = {f.name for f in picked}
+        chosen = []
+        for f in picked:
+            opt = f.metadata["option"]
+            chosen.append((f, opt.help + (f" Excludes {spec(opt.excludes).long}." if opt.excludes in present else "")))
+        owners = [MethodParams, StatisticsOptions]
+    types_ = {}
+    for owner in owners:
+        for name, hint in typing.get_type_hints(owner).items():
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            types_.setdefault(name, args[0] if args else hint)
+    return chosen, types_
 
 
 def _group_parameters(group: OptionGroup, kind) -> list[inspect.Parameter]:
     """The generated parameters of ``group``: each ``Optional`` with default None ("not given"),
     flag, help, bounds and panel from the field's ``OptionSpec``; an exclusive partner present in
     the same command is named in the help."""
-    chosen = [f for f in option_fields() if group.names is None or f.name in group.names]
-    present = {f.name for f in chosen}
-    types_ = _field_types()
+    chosen, types_ = _family_fields(group)
     out = []
-    for f in chosen:
+    for f, text in chosen:
         opt = f.metadata["option"]
-        text = opt.help + (f" Excludes {spec(opt.excludes).long}." if opt.excludes in present else "")
         bounds = {"min": opt.min} if opt.min is not None else {}
         info = typer.Option(opt.flag, help=text, rich_help_panel=opt.panel, show_default=False, **bounds)
         out.append(inspect.Parameter(f.name, kind, default=None, annotation=Annotated[Optional[types_[f.name]], info]))
@@ -320,6 +338,7 @@ __all__ = [
     "AllowOverlapOpt",
     "AllowPickleOpt",
     "EXIT_INPUT",
+    "GradientOptions",
     "MethodOptions",
     "PANEL_DATA",
     "PANEL_METHOD",

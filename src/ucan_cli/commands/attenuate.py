@@ -10,6 +10,7 @@ import typer
 from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
+    GradientOptions,
     MethodOptions,
     PANEL_DATA,
     PANEL_METHOD,
@@ -63,12 +64,14 @@ def attenuate(
         str,
         typer.Option(
             "--method",
-            help="Unlearning method: ucan (the default), or random: U-CAN's budget (its factors) on as many randomly "
-            "drawn live units, seeded by --seed, a control for the choice of units.",
+            help="Unlearning method: ucan (the default); random: U-CAN's budget (its factors) on as many randomly "
+            "drawn live units, seeded by --seed, a control for the choice of units; ga, graddiff or npo: gradient "
+            "methods that train the LoRA weights on the forget set (options in the Gradient methods panel).",
             rich_help_panel=PANEL_METHOD,
         ),
     ] = "ucan",
     options: MethodOptions = None,
+    gradient: GradientOptions = None,
     template: TemplateOpt = "alpaca",
     retain_max_samples: RetainMaxSamplesOpt = None,
     allow_overlap: AllowOverlapOpt = False,
@@ -103,6 +106,8 @@ def attenuate(
 
     --method random writes the control: the same budget on randomly drawn live units (same documents; the report and ledger name the method).
 
+    --method ga, graddiff or npo trains the LoRA A and B instead (no statistics pass, no verdict): --steps steps of --batch-size forget records, or until --until holds on the forget set (checked every --check-every steps); the report's training block records the steps, the stop reason and the cost. --dry-run prints the cost estimate without loading the model.
+
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 
     Examples:
@@ -116,6 +121,8 @@ def attenuate(
       ucan attenuate --adapter ./adapter-forgot --scores scores2.safetensors --forget f2.jsonl -o ./adapter-forgot-2
 
       ucan attenuate --adapter ./adapter --scores scores.safetensors --method random --seed 1 -o ./adapter-random
+
+      ucan attenuate --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --method graddiff --until "forget.recall@5 <= 0.3" --steps 60 -o ./adapter-gd
     """
     import shlex
     import sys
@@ -130,7 +137,8 @@ def attenuate(
         raise InputError("--adapter: the input adapter directory is required")
     token_scope, halves = options.pop("token_scope"), options.pop("halves")
     run = run_attenuate(
-        adapter, output, base=base, forget=forget, retain=retain, scores=scores, method=method, params=options, token_scope=token_scope, halves=halves,
+        adapter, output, base=base, forget=forget, retain=retain, scores=scores, method=method, params={**options, **gradient},
+        token_scope=token_scope, halves=halves,
         template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
         seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,
         receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,

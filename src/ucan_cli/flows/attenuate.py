@@ -155,18 +155,15 @@ def attenuate(
         InputError (exit 2), UcanRuntimeError (exit 1), NothingToDo (exit 4). Nothing is
         written when any of them is raised.
     """
-    from ucan_cli.methods.base import ACTIVATIONS
+    from ucan_cli.methods.base import ACTIVATIONS, MODEL
     from ucan_cli.methods.registry import get as get_method
     from ucan_cli.methods.ucan.edit import total_norms, units_per_module
     from ucan_cli.io.adapter import LoraAdapter, sha256_file
     from ucan_cli.io.data import read_records
-    from ucan_cli.io.ledger import check_adapter_head, check_repeat, new_entry, read_ledger, write_ledger
-    from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
+    from ucan_cli.io.ledger import check_adapter_head, check_repeat, read_ledger
+    from ucan_cli.io.outdir import check_output_dir
     from ucan_cli.io.receipts import key_fingerprint, key_path, load_or_create_key, set_receipt
-    from ucan_cli.config import config_toml, equivalent_command
     from ucan_cli.methods.ucan.params import FLAGS, option_values, params_to_dict, resolve_token_scope
-    from ucan_cli.report.attenuate import attenuate_document, attenuate_markdown
-    from ucan_cli.report.card import model_card
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -179,8 +176,9 @@ def attenuate(
 
     # ---------------------------------------------------------------- inputs (no model yet)
     chosen = get_method(method)
-    if chosen.statistics != ACTIVATIONS:  # the only statistics this flow computes or reads
-        raise InputError(f"--method {method}: needs {chosen.statistics} statistics, which attenuate cannot provide")
+    if chosen.statistics not in (ACTIVATIONS, MODEL):
+        raise InputError(f"--method {method}: needs {chosen.statistics} inputs, which attenuate cannot provide")
+    params = _own_options(chosen, params)
     source = LoraAdapter.load(adapter, allow_pickle=allow_pickle)
     source.check_supported()
     warnings = list(source.warnings())
@@ -197,6 +195,18 @@ def attenuate(
     warnings += notes
     key = load_or_create_key(receipt_key)
     fingerprint = key_fingerprint(key)
+    common = _Common(
+        chosen=chosen, source=source, ledger=ledger, head_ok=head_ok, warnings=warnings, timings=timings, protected=protected,
+        out_dir=out_dir, force=force, dry_run=dry_run, command_line=command_line,
+    )
+    if chosen.statistics == MODEL:
+        return _attenuate_model(
+            common, key, fingerprint, base=base, forget=forget, retain=retain, scores=scores, params=params,
+            token_scope=token_scope, halves=halves, template=template, max_length=max_length,
+            retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed, batch_size=batch_size,
+            device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code, accept_weak=accept_weak, progress=progress,
+        )
 
     stats = meta = None
     if scores is not None:
@@ -320,8 +330,6 @@ def attenuate(
         "allow_overlap": allow_overlap, "receipt_key": receipt_key and str(receipt_key),
         "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code, "accept_weak": accept_weak,
     }
-    if command_line is None:
-        command_line = equivalent_command("attenuate", {**cli_values, "output": out_dir and str(out_dir), "dry_run": dry_run}, FLAGS)
     inputs = {
         "base": base_label and str(base_label),
         "adapter": {"path": str(source.path), "sha256": source.sha256},
@@ -338,33 +346,203 @@ def attenuate(
         "key_fingerprint": receipt_fp,
         "source": "forget file" if forget is not None else "score file",
     }
-    lineage = {"previous_entries": len(ledger.entries), "seq": len(ledger.entries) + 1, "input_matches_ledger": head_ok}
+    lineage = _lineage(ledger, head_ok)
+
+    return _finish(
+        common, options=options, cli_values=cli_values, flags=FLAGS, inputs=inputs, receipt_doc=receipt_doc, lineage=lineage,
+        unit=params.unit, verdict=verdict, edit=edit, totals=totals, receipt=receipt, receipt_fp=receipt_fp, n_forget=n_forget,
+        base_label=base_label, stats=stats,
+    )
+
+
+@dataclass
+class _Common:
+    """What both kinds of method share in one run: the checked inputs and where the output goes."""
+
+    chosen: Any
+    source: Any
+    ledger: Any
+    head_ok: bool
+    warnings: list
+    timings: dict
+    protected: list
+    out_dir: Any
+    force: bool
+    dry_run: bool
+    command_line: str | None
+
+
+def _lineage(ledger, head_ok: bool) -> dict:
+    return {"previous_entries": len(ledger.entries), "seq": len(ledger.entries) + 1, "input_matches_ledger": head_ok}
+
+
+def _option_flag(name: str) -> str:
+    """The flag of a method option (U-CAN's or the gradient family's), by field name."""
+    from ucan_cli.methods.gradient.params import option_fields as gradient_fields
+    from ucan_cli.methods.ucan.params import option_fields as ucan_fields
+
+    for f in [*ucan_fields(), *gradient_fields()]:
+        if f.name == name:
+            return f.metadata["option"].long
+    return "--" + name.replace("_", "-")
+
+
+def _own_options(chosen, params):
+    """A mapping of option values keeps only those given (not None); one the chosen method does not
+    take is an ``InputError`` naming its flag (the CLI passes every method's options)."""
+    from dataclasses import fields as dc_fields
+
+    if not isinstance(params, Mapping):
+        return params
+    given = {k: v for k, v in params.items() if v is not None}
+    takes = {f.name for f in dc_fields(chosen.params_type)}
+    foreign = [k for k in given if k not in takes]
+    if foreign:
+        raise InputError(f"{_option_flag(foreign[0])}: not an option of --method {chosen.name}")
+    return given
+
+
+def _attenuate_model(
+    common: _Common, key, fingerprint, *, base, forget, retain, scores, params, token_scope, halves, template, max_length,
+    retain_max_samples, max_samples, seed, batch_size, device, dtype, allow_overlap, receipt_key, allow_pickle,
+    trust_remote_code, accept_weak, progress,
+) -> AttenuateRun:
+    """``attenuate`` for a ``MODEL`` method: checks, the model, the method's run, the same outputs."""
+    from dataclasses import fields as dc_fields
+
+    from ucan_cli.flows.model_inputs import model_inputs, trainable_model
+    from ucan_cli.flows.score import prepare
+    from ucan_cli.io.data import read_records
+    from ucan_cli.io.ledger import check_repeat
+    from ucan_cli.io.receipts import set_receipt
+    from ucan_cli.methods.gradient.params import params_to_dict
+    from ucan_cli.methods.ucan.params import MethodParams
+
+    chosen, timings = common.chosen, common.timings
+    clock = time.perf_counter()
+    name = chosen.name
+    for flag, value in (("--scores", scores), ("--token-scope", token_scope), ("--halves", halves)):
+        if value is not None:
+            raise InputError(f"{flag}: not an option of --method {name} (it runs the model on the forget and retain sets)")
+    if accept_weak:
+        raise InputError(f"--accept-weak: not an option of --method {name} (gradient methods make no contrast verdict)")
+    missing = [flag for flag, value in (("--base", base), ("--forget", forget), ("--retain", retain)) if value is None]
+    if missing:
+        raise InputError(f"{', '.join(missing)} required for --method {name}")
+    if isinstance(params, chosen.params_type):
+        params = params.validate()
+    else:
+        given = dict(params or {})
+        params = chosen.params_type(**{f.name: given[f.name] for f in dc_fields(chosen.params_type) if f.name in given}).validate()
+    forget_set = read_records(forget, "forget") if not hasattr(forget, "records") else forget
+    receipt = set_receipt(key, forget_set.records)
+    common.warnings.extend(check_repeat(common.ledger, receipt, fingerprint, force=common.force))
+    prep = prepare(
+        base, common.source.path, forget_set, retain, params=MethodParams(), token_scope="response", halves="auto",
+        template=template, max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
+        batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    common.warnings.extend(w for w in prep.warnings if w not in common.warnings)
+    timings["inputs"] = timings.get("inputs", 0.0) + time.perf_counter() - clock
+    target = params.target
+    target_k = int(target.metric.partition("@")[2]) if target is not None and "@" in target.metric else None
+    estimate = chosen.estimate(params, n_forget=len(prep.forget), n_retain=len(prep.retain), batch_size=batch_size)
+    if common.dry_run:
+        edit = None
+    else:
+        with trainable_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
+            timings["load"] = time.perf_counter() - clock - timings["inputs"]
+            inputs = model_inputs(model, prep, template=template, batch_size=batch_size, target_k=target_k, progress=progress)
+            edit = chosen.run(common.source, inputs, params, seed=seed)
+        for stage, seconds in edit.timings.items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
+        if edit.training and edit.training.get("stop_reason") == "budget":
+            common.warnings.append(
+                f"--until {params.until!r} was not reached within --steps {params.steps}; the adapter is written as it stood at the last step"
+            )
+    from ucan_cli.methods.ucan.edit import total_norms
+
+    options = {"method": name, **params_to_dict(params), "template": template, "max_length": prep.max_length,
+               "max_samples": max_samples, "retain_max_samples": retain_max_samples, "seed": seed, "batch_size": batch_size,
+               "allow_overlap": allow_overlap}
+    cli_values = {
+        "base": str(base) if isinstance(base, (str, Path)) else None, "adapter": str(common.source.path), "forget": str(forget_set.path),
+        "retain": str(prep.retain.path) if prep.retain.path else None, "method": name, **params_to_dict(params),
+        "template": template, "max_length": max_length, "max_samples": max_samples, "retain_max_samples": retain_max_samples,
+        "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype, "allow_overlap": allow_overlap,
+        "receipt_key": receipt_key and str(receipt_key), "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code,
+    }
+    inputs_doc = {
+        "base": cli_values["base"] or prep.meta["base"].get("id"),
+        "adapter": {"path": str(common.source.path), "sha256": common.source.sha256},
+        "forget": {"path": str(forget_set.path), "sha256": forget_set.sha256, "n_records": forget_set.n_total},
+        "retain": {"path": cli_values["retain"], "sha256": prep.retain.sha256, "n_records": len(prep.retain)},
+        "scores": None,
+    }
+    receipt_doc = {"forget_set_hmac": receipt, "key_fingerprint": fingerprint, "source": "forget file"}
+    training = edit.training if edit is not None else None
+    verdict = {"kind": "gradient", "sentence": "gradient methods make no contrast verdict", "accepted_weak": False}
+    if edit is None:  # dry run: the cost estimate, no model loaded
+        from ucan_cli.methods.base import Edit
+        from ucan_cli.methods.gradient.method import VERDICT
+
+        edit = Edit(adapter=common.source, factors={}, changes=[], summary={"estimate": estimate}, verdict=VERDICT)
+    training = {**(training or {}), "estimate": estimate}
+    return _finish(
+        common, options=options, cli_values=cli_values, flags={}, inputs=inputs_doc, receipt_doc=receipt_doc,
+        lineage=_lineage(common.ledger, common.head_ok), unit="output", verdict=verdict, edit=edit,
+        totals=total_norms(edit.changes) if edit.changes else {}, receipt=receipt, receipt_fp=fingerprint,
+        n_forget=forget_set.n_total, base_label=inputs_doc["base"], stats=None, training=training,
+        request={"kind": "gradient", "steps_run": (training or {}).get("steps_run")},
+    )
+
+
+def _finish(
+    common: _Common, *, options, cli_values, flags, inputs, receipt_doc, lineage, unit, verdict, edit, totals, receipt,
+    receipt_fp, n_forget, base_label, stats, training=None, request=None,
+) -> AttenuateRun:
+    """The documents and the atomic output every method shares: adapter, ledger entry, reports,
+    model card, ``ucan_config.toml``."""
+    from ucan_cli.config import config_toml, equivalent_command
+    from ucan_cli.io.adapter import sha256_file
+    from ucan_cli.io.ledger import new_entry, write_ledger
+    from ucan_cli.io.outdir import atomic_output_dir
+    from ucan_cli.report.attenuate import attenuate_document, attenuate_markdown
+    from ucan_cli.report.card import model_card
+
+    source, ledger, timings, dry_run, out_dir = common.source, common.ledger, common.timings, common.dry_run, common.out_dir
+    command_line = common.command_line
+    if command_line is None:
+        command_line = equivalent_command("attenuate", {**cli_values, "output": out_dir and str(out_dir), "dry_run": dry_run}, flags)
+    clock = time.perf_counter()
 
     def document(output: dict | None) -> dict:
         return attenuate_document(
             command_line=command_line, dry_run=dry_run, inputs=inputs, receipt=receipt_doc, output=output,
-            options=options, unit=params.unit, verdict=verdict, summary=edit.summary, changes=changes, totals=totals,
-            lineage=lineage, warnings=warnings, timings=timings,
+            options=options, unit=unit, verdict=verdict, summary=edit.summary, changes=edit.changes, totals=totals,
+            lineage=lineage, warnings=common.warnings, timings=timings, training=training,
         )
 
     if dry_run:
-        return AttenuateRun(None, None, edit.result, changes, document(None), timings, warnings, stats, chosen.name)
+        return AttenuateRun(None, None, edit.result, edit.changes, document(None), timings, common.warnings, stats, common.chosen.name)
 
     out_path = Path(out_dir)
-    with atomic_output_dir(out_path, force=force, protected=protected) as tmp:
+    with atomic_output_dir(out_path, force=common.force, protected=common.protected) as tmp:
         weights = edit.adapter.write_into(tmp)  # byte-stable, mode from the umask like any shared file
         output_sha256 = sha256_file(weights)
         entry = new_entry(
-            ledger, unit=params.unit, factors=factors, module_order=[m.name for m in source.modules],
-            options=options, input_sha256=source.sha256, output_sha256=output_sha256, input_matches_ledger=head_ok,
-            forget_set_hmac=receipt, receipt_key_fingerprint=receipt_fp, n_forget_records=n_forget,
+            ledger, unit=unit, factors=edit.factors, module_order=[m.name for m in source.modules],
+            options=options, input_sha256=source.sha256, output_sha256=output_sha256, input_matches_ledger=common.head_ok,
+            forget_set_hmac=receipt, receipt_key_fingerprint=receipt_fp, n_forget_records=n_forget, request=request,
         )
         write_ledger(tmp, ledger, entry)
-        lap("write")
+        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - clock
+        clock = time.perf_counter()
         doc = document({"path": str(out_path), "adapter_sha256": output_sha256})
         (tmp / REPORT_JSON).write_text(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / REPORT_MD).write_text(attenuate_markdown(doc), encoding="utf-8")
         (tmp / CARD_NAME).write_text(model_card(doc, base_model=base_label or source.base_model_name), encoding="utf-8")
         (tmp / CONFIG_NAME).write_text(config_toml("attenuate", cli_values), encoding="utf-8")
-    lap("write")
-    return AttenuateRun(out_path, output_sha256, edit.result, changes, doc, timings, warnings, stats, chosen.name)
+    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - clock
+    return AttenuateRun(out_path, output_sha256, edit.result, edit.changes, doc, timings, common.warnings, stats, common.chosen.name)

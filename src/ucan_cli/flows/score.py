@@ -64,11 +64,11 @@ class ScorePlan:
 
 
 # --------------------------------------------------------------------------------------------
-# Preparation shared by score and score_dry_run
+# Preparation shared by score, score_dry_run and the model methods of attenuate (flows/model_inputs.py)
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     params: MethodParams
     token_scope: str
     forget: RecordSet
@@ -123,10 +123,10 @@ def _versions() -> dict[str, str]:
     return {"ucan": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def _prepare(
+def prepare(
     base, adapter, forget, retain, *, params, token_scope, halves, template, max_length, retain_max_samples, max_samples,
     seed, batch_size, allow_overlap, receipt_key, allow_pickle, trust_remote_code,
-) -> _Prepared:
+) -> Prepared:
     """Everything up to (not including) loading the model weights; all input errors surface here."""
     from ucan_cli.runtime.models import check_adapter_matches_base, load_tokenizer, model_skeleton, resolve_source
     from ucan_cli.io.prompts import PromptFormatter
@@ -234,7 +234,7 @@ def _prepare(
         "versions": _versions(),
     }
     timings = {"prepare_s": time.perf_counter() - t0}
-    return _Prepared(
+    return Prepared(
         params=params, token_scope=token_scope, forget=forget_set, retain=retain_set, adapter=loaded,
         adapter_given=isinstance(adapter, LoraAdapter),
         tokenizer=tokenizer, model=model, user_model=user_model, base_spec=base_spec,
@@ -244,7 +244,7 @@ def _prepare(
 
 
 @contextlib.contextmanager
-def _adapted_model(prep: _Prepared, *, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool) -> Iterator[Any]:
+def adapted_model(prep: Prepared, *, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool) -> Iterator[Any]:
     """Load the base model (unless given), attach the adapter; a user's model is restored after."""
     import tempfile
 
@@ -333,13 +333,13 @@ def score(
     ``UcanRuntimeError`` for failures while computing.
     """
     t0 = time.perf_counter()
-    prep = _prepare(
+    prep = prepare(
         base, adapter, forget, retain, params=params, token_scope=token_scope, halves=halves, template=template,
         max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    with _adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
+    with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
         t1 = time.perf_counter()
         stats = collect_statistics(
             model, prep.adapter, prep.forget_encoded, prep.retain_encoded, halves=prep.halves, unit=params.unit,
@@ -400,7 +400,7 @@ def score_dry_run(
     The estimate scales the probe's time per computed position (rows x padded width) to all the
     positions both passes would compute; the longest batch pads least, so this errs high.
     """
-    prep = _prepare(
+    prep = prepare(
         base, adapter, forget, retain, params=params, token_scope=token_scope, halves=halves, template=template,
         max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
@@ -409,7 +409,7 @@ def score_dry_run(
     everything = prep.forget_encoded + prep.retain_encoded
     longest = sorted(range(len(everything)), key=lambda i: -len(everything[i].input_ids))[:batch_size]
     probe = [everything[i] for i in longest]
-    with _adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
+    with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
         seconds = 0.0
         for _ in range(2):  # the first call includes one-off warm-up; time a second one when cheap
             t = time.perf_counter()

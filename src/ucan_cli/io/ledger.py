@@ -12,7 +12,11 @@ no spaces, ASCII, no NaN) with:
   it);
 * ``forget_set_hmac`` (HMAC-SHA256 of the sorted forget-record identities), ``receipt_key_fingerprint``
   and ``n_forget_records``: never forget text or raw ids;
-* ``request``: what this request changed (``n_edited``, ``sum_1_minus_s``);
+* ``request``: what this request changed (``n_edited``, ``sum_1_minus_s``); an edit by a gradient
+  method (``ga``, ``graddiff``, ``npo``) adds ``kind: "gradient"`` and ``steps_run``, with
+  ``n_edited`` 0: it changes A and B everywhere, not per-unit factors, so it composes nothing and
+  the cumulative factors below are carried unchanged (they remain the record of the lineage's
+  U-CAN edits, and the floor rule of a later U-CAN request still reads them);
 * ``cumulative_factors``: ``{"output": {module: {"index": [...], "factor": [...]}}, "rank": {...}}``,
   the product of every factor applied so far, per unit kind, listing only units whose factor is
   not 1 (indices ascending). Output and rank factors act on different sides of B
@@ -300,8 +304,13 @@ def new_entry(
     receipt_key_fingerprint: str,
     n_forget_records: int | None,
     time: str | None = None,
+    request: Mapping[str, Any] | None = None,
 ) -> dict:
-    """The next ledger entry: this request's factors composed onto the lineage's."""
+    """The next ledger entry: this request's factors composed onto the lineage's.
+
+    ``request`` adds fields to the entry's ``request`` (a gradient edit: ``kind: "gradient"`` and
+    ``steps_run``; it passes no factors, so the lineage's cumulative factors are carried unchanged).
+    """
     cumulative = {}
     for kind in UNIT_KINDS:
         prev = ledger.cumulative(kind)
@@ -322,7 +331,7 @@ def new_entry(
         "forget_set_hmac": forget_set_hmac,
         "receipt_key_fingerprint": receipt_key_fingerprint,
         "n_forget_records": n_forget_records,
-        "request": {"n_edited": int((flat < 1.0).sum()), "sum_1_minus_s": float((1.0 - flat).sum())},
+        "request": {"n_edited": int((flat < 1.0).sum()), "sum_1_minus_s": float((1.0 - flat).sum()), **dict(request or {})},
         "cumulative_factors": cumulative,
         "prev_hash": head.hash if head else None,
     }

@@ -1,35 +1,43 @@
-"""What an unlearning method is, to the rest of the house: a name, its parameters, the statistics it
-needs, and one edit of a LoRA adapter.
+"""What an unlearning method is, to the rest of the house: a name, its parameters, what it needs,
+and one call that returns an edited LoRA adapter.
 
 A method is a subclass of ``Method`` (after mergekit's ``merge_methods/base.py``: a name, a pretty
 name and a reference URL on the class, the work in one call). ``ucan attenuate --method NAME``
 looks it up in ``ucan_cli.methods.registry`` and hands it what the flow has already checked and
-loaded, so a method never reads a file, loads a model or writes anything:
+loaded, so a method never reads a file, loads a model or writes anything. What it is handed
+depends on its ``statistics`` kind:
 
-* ``source``: the input adapter (``ucan_cli.io.adapter.LoraAdapter``, never modified);
-* ``stats``: the statistics it declared in ``statistics``. Today there is one kind,
-  ``ACTIVATIONS``: U-CAN's step-1 per-unit activation statistics
-  (``ucan_cli.methods.ucan.statistics.Statistics``), from a forward pass or a score file;
-* ``params``: an instance of its ``params_type`` (a frozen dataclass with a ``unit``, ``output``
-  or ``rank``, and a ``floor``, the smallest factor), already validated;
-* ``seed``: the run's ``--seed``, for a method that draws at random (equal seeds, equal bytes);
-* ``cumulative``: the lineage's cumulative factor per unit (flat, module order, then unit index)
-  from the adapter's ledger, or None for an adapter never attenuated; the floor rule reads it.
+* ``ACTIVATIONS`` (U-CAN, the random control): ``edit(source, stats, params, *, seed, cumulative)``
+  with U-CAN's step-1 per-unit activation statistics (``ucan_cli.methods.ucan.statistics.Statistics``,
+  from a forward pass or a score file) and the lineage's cumulative factor per unit (flat, module
+  order, then unit index; None for an adapter never attenuated; the floor rule reads it);
+* ``MODEL`` (the gradient family): ``run(source, inputs, params, *, seed)`` with a ``ModelInputs``:
+  the base model with the input adapter attached and its LoRA parameters trainable, the tokenizer,
+  the forget and retain sets tokenized, and the flow's measurements (``probe``: forget-set ranking
+  metrics of the model as it is now; ``utility``: the same on the retain set). No statistics pass
+  runs for such a method, and it declares no verdict the flow could decline on.
 
-It returns an ``Edit``: the edited adapter, one factor per unit (the ledger composes them onto the
-lineage), one ``ModuleChange`` per module, a JSON-safe summary (the report's ``summary``) and a
-``Verdict``. The flow then declines, writes and records; the method's name goes into the report
-and the ledger entry (``options.method``).
+In both, ``source`` is the input adapter (``ucan_cli.io.adapter.LoraAdapter``, never modified),
+``params`` an instance of its ``params_type`` (a frozen dataclass whose fields carry their
+``OptionSpec``, ``ucan_cli.methods.params``), already validated, and ``seed`` the run's ``--seed``
+(equal seeds, equal bytes).
 
-Every method in the house edits by per-unit factors on B (U-CAN's step 6,
-``ucan_cli.methods.ucan.edit``): that is what the ledger can compose and what ``apply_factors``
-writes byte-stably. A method that changes an adapter another way needs a ledger that records it
-first.
+It returns an ``Edit``: the edited adapter, per-unit factors (the ledger composes them onto the
+lineage; a model method returns none: its edit is not a per-unit scaling, and the lineage's
+factors are carried unchanged), one ``ModuleChange`` per module, a JSON-safe summary, a
+``Verdict`` and, for a model method, ``training`` (what ran: steps, stop reason, cost). The flow
+then declines, writes and records; the method's name goes into the report and the ledger entry
+(``options.method``).
+
+Methods planned next fit the same two calls: ``retrain`` and ``prune`` are ``MODEL`` methods
+(retraining adds a training set to ``ModelInputs``; pruning reads gradients of activations off the
+model), ``negate`` is an ``ACTIVATIONS``-free edit of the adapter alone (a third kind, ``NONE``,
+when it lands).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +47,40 @@ import numpy as np
 #: set, the retain set and the retain set's two halves (``ucan score`` computes them; a score file
 #: keeps them).
 ACTIVATIONS = "activations"
+#: The kind ``MODEL``: the method runs the model itself (forward and backward passes on the forget
+#: and retain sets); the flow loads the base with the adapter attached and hands it a ``ModelInputs``.
+MODEL = "model"
+KINDS = (ACTIVATIONS, MODEL)
+
+
+@dataclass
+class ModelInputs:
+    """What the flow hands a ``MODEL`` method.
+
+    Attributes:
+        model: a PeftModel: the base with the input adapter attached as ``default``, in eval mode
+            (dropout off), LoRA parameters requiring grad, everything else frozen.
+        tokenizer: the base's tokenizer.
+        forget, retain: the forget and retain records, tokenized with the run's template and
+            max length (``ucan_cli.io.tokenize.Encoded``, labels on the response tokens).
+        pad_id: the padding token id.
+        batch_size: records per step and per measurement batch (``--batch-size``).
+        probe: ``probe()`` -> (the forget set's ranking metrics of the model now, ``"recall@5"``,
+            ``"ndcg@10"``, ... and ``"nll"``, the token-mean response NLL; forward-pass equivalents
+            it cost). The target of ``--until`` reads it.
+        utility: ``utility()`` -> the same on the retain set (measured at the stop).
+        progress: a progress factory, or None.
+    """
+
+    model: Any
+    tokenizer: Any
+    forget: list
+    retain: list
+    pad_id: int
+    batch_size: int
+    probe: Any = None
+    utility: Any = None
+    progress: Any = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +114,10 @@ class Edit:
             ``budget_sum_1_minus_s`` (sum(1 - s)).
         verdict: the method's ``Verdict``.
         result: the method's own record of what it computed (U-CAN: its ``ScoreResult``).
-        timings: seconds per stage: ``select`` (choosing factors) and ``edit`` (applying them).
+        timings: seconds per stage: ``select`` (choosing factors) and ``edit`` (applying them);
+            a model method: ``train``.
+        training: a model method's record of the run (the report's ``training`` block: steps,
+            stop reason, checks, cost in forward-pass equivalents and seconds); None otherwise.
     """
 
     adapter: Any
@@ -82,19 +127,21 @@ class Edit:
     verdict: Verdict
     result: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
 
 
 class Method(ABC):
-    """An unlearning method: class attributes say what it is, ``edit`` does it.
+    """An unlearning method: class attributes say what it is, ``edit`` or ``run`` does it.
 
     Class attributes:
         name: the registry key and ``--method`` value (lower case, no spaces).
         pretty_name: how reports and docs name it.
         reference_url: where it is described (a paper), or None.
-        description: what the edit scaled, as the model card's sentence "ucan down-scaled n of N
-            LoRA units: <description>." finishes it.
+        description: what the edit did, finishing the model card's sentence about the edit.
         params_type: the dataclass of its parameters.
-        statistics: the statistics kind ``edit`` receives as ``stats`` (``ACTIVATIONS``).
+        statistics: what it needs: ``ACTIVATIONS`` (``edit`` is called) or ``MODEL`` (``run``).
+
+    A subclass implements the call of its kind; the other one raises ``NotImplementedError``.
     """
 
     name: ClassVar[str]
@@ -104,14 +151,33 @@ class Method(ABC):
     params_type: ClassVar[type]
     statistics: ClassVar[str] = ACTIVATIONS
 
-    @abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.statistics not in KINDS:
+            raise TypeError(f"{cls.__name__}.statistics must be one of {KINDS}, got {cls.statistics!r}")
+        needed = "edit" if cls.statistics == ACTIVATIONS else "run"
+        if getattr(cls, needed) is getattr(Method, needed) and not getattr(cls, "__abstractmethods__", None):
+            raise TypeError(f"{cls.__name__} needs {cls.statistics} and must implement {needed}()")
+
     def edit(self, source: Any, stats: Any, params: Any, *, seed: int = 0, cumulative: np.ndarray | None = None) -> Edit:
-        """Edit ``source`` (see the module docstring for what each argument holds).
+        """An ``ACTIVATIONS`` method: edit ``source`` from ``stats`` (see the module docstring).
 
         Raises:
             NothingToDo: the method finds nothing to edit (exit 4, nothing written).
             InputError, UcanRuntimeError: as the house defines them (exit 2, exit 1).
         """
+        raise NotImplementedError(f"{self.name} is a {self.statistics} method; it has no edit()")
+
+    def run(self, source: Any, inputs: ModelInputs, params: Any, *, seed: int = 0) -> Edit:
+        """A ``MODEL`` method: edit ``source`` by running ``inputs.model`` (see the module docstring).
+
+        Raises as ``edit`` does.
+        """
+        raise NotImplementedError(f"{self.name} is a {self.statistics} method; it has no run()")
+
+    def estimate(self, params: Any, *, n_forget: int, n_retain: int, batch_size: int) -> dict[str, Any] | None:
+        """A model method's cost before it runs (``--dry-run``): forward-pass equivalents, or None."""
+        return None
 
     def __repr__(self) -> str:
         return f"<method {self.name}: {self.pretty_name}>"

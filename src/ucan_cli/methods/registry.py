@@ -18,6 +18,9 @@ from ucan_cli.methods.base import Method
 BUILTIN: dict[str, str] = {
     "ucan": "ucan_cli.methods.ucan.method:UCan",
     "random": "ucan_cli.methods.random_units:RandomUnits",
+    "ga": "ucan_cli.methods.gradient.method:GradientAscent",
+    "graddiff": "ucan_cli.methods.gradient.method:GradDiff",
+    "npo": "ucan_cli.methods.gradient.method:NPO",
 }
 
 DEFAULT = "ucan"

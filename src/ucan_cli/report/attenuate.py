@@ -22,6 +22,12 @@ DISCLAIMER = (
     "it, and modules_to_save (fully fine-tuned copies that ucan does not edit) still hold the data."
 )
 
+GRADIENT_DISCLAIMER = (
+    "Gradient unlearning is approximate unlearning with no formal guarantee: it changes the LoRA weights to "
+    "make the forget set less likely. Earlier copies of the adapter, models merged with it, and modules_to_save "
+    "(fully fine-tuned copies that ucan does not edit) still hold the data."
+)
+
 #: Timing stages in the order they run.
 STAGES = ("inputs", "statistics", "select", "edit", "write")
 
@@ -42,8 +48,11 @@ def attenuate_document(
     lineage: Mapping[str, Any],
     warnings: Sequence[str],
     timings: Mapping[str, float],
+    training: Mapping[str, Any] | None = None,
 ) -> dict:
-    """The ``ucan_report.json`` document (schema_version 1), JSON-safe."""
+    """The ``ucan_report.json`` document (schema_version 1), JSON-safe. ``training`` (a gradient
+    method's run: steps, stop reason, checks, cost; with ``--dry-run`` its estimate) is added as
+    the ``training`` block; U-CAN's documents have none."""
     modules = [c.to_dict() for c in changes]
     edited = [m for m in modules if m["n_edited"]]
     doc = {
@@ -64,8 +73,10 @@ def attenuate_document(
         "lineage": dict(lineage),
         "warnings": list(warnings),
         "timings": {k: float(v) for k, v in timings.items()},
-        "disclaimer": DISCLAIMER,
+        "disclaimer": DISCLAIMER if training is None else GRADIENT_DISCLAIMER,
     }
+    if training is not None:
+        doc["training"] = dict(training)
     return json_safe(doc)
 
 
@@ -74,6 +85,8 @@ def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     from ucan_cli.report import fmt
 
     s, t = doc["summary"], doc["totals"]
+    if "training" in doc:
+        return _training_headline(doc)
     floor = doc["options"].get("floor", 0.0)
     return [
         ("unit", doc["unit"]),
@@ -91,6 +104,44 @@ def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A gradient method's headline: what ran, why it stopped, what it cost, how dW moved."""
+    from ucan_cli.report import fmt
+
+    tr, t = doc["training"], doc["totals"]
+    est = tr.get("estimate") or {}
+    rows = [("method", doc["options"].get("method", "?"))]
+    if "steps_run" not in tr:  # a dry run: the estimate only
+        return rows + [
+            ("steps (at most)", fmt(est.get("steps_at_most"))),
+            ("estimated cost (forward-pass equivalents)", fmt(est.get("forward_equivalents"))),
+        ]
+    cost = tr["cost"]
+    rows += [
+        ("steps run / budget", f"{fmt(tr['steps_run'])} / {fmt(tr['steps_budget'])}"),
+        ("stopped by", tr["stop_reason"] + (f" ({tr['target']})" if tr.get("target") else "")),
+        ("loss first -> last", f"{fmt(tr['losses'][0])} -> {fmt(tr['losses'][-1])}" if tr["losses"] else "-"),
+    ]
+    if tr.get("checks"):
+        last = tr["checks"][-1]
+        metric = next(k for k in last if k not in ("step", "forget_nll", "met"))
+        rows.append((f"forget {metric} original -> stop", f"{fmt(tr['checks'][0][metric])} -> {fmt(last[metric])}"))
+    if tr.get("retain_at_stop"):
+        r = tr["retain_at_stop"]
+        rows.append(("retain at stop (NDCG@10, NLL)", f"{fmt(r.get('ndcg@10'))}, {fmt(r.get('nll'))}"))
+    rows += [
+        ("cost (forward-pass equivalents)", fmt(cost["forward_equivalents"])),
+        ("cost (seconds)", fmt(cost["seconds"])),
+    ]
+    if "dw_norm_before" in t:
+        rows += [
+            ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
+            ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
+            ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+        ]
+    return rows
+
+
 def _edited_modules(doc: Mapping[str, Any], limit: int | None) -> tuple[list[dict], int]:
     edited = [m for m in doc["modules"] if m["n_edited"]]
     edited.sort(key=lambda m: -m["rel_delta"])
@@ -104,7 +155,8 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
 
     from ucan_cli.report import fmt
 
-    title = "U-CAN attenuation (dry run: nothing written)" if doc["dry_run"] else f"U-CAN attenuation -> {doc['output']['path']}"
+    what = "U-CAN attenuation" if "training" not in doc else f"{doc['options'].get('method')} (gradient method)"
+    title = f"{what} (dry run: nothing written)" if doc["dry_run"] else f"{what} -> {doc['output']['path']}"
     summary = Table(title=title, title_justify="left", show_header=False)
     summary.add_column("what")
     summary.add_column("value", justify="right")

@@ -32,18 +32,31 @@ def model_card(doc: Mapping[str, Any], *, base_model: str | None) -> str:
     method = get_method(doc["options"].get("method", "ucan"))  # reports before --method were U-CAN's
     s = doc["summary"]
     inputs, out, receipt = doc["inputs"], doc["output"] or {}, doc["receipt"]
+    if "training" in doc:  # a gradient method: A and B were trained
+        tr = doc["training"]
+        what = (
+            f"This adapter is a copy of the input adapter whose LoRA weights ucan changed by {tr.get('steps_run')} steps of "
+            f"{method.pretty_name}: {method.description} (stopped by {tr.get('stop_reason')}). The adapter config is "
+            "byte-identical and every tensor keeps its name, shape and dtype; lora_A and lora_B of every module changed."
+        )
+        effect = "It makes the forget set's responses less likely"
+    else:
+        what = (
+            "This adapter is a copy of the input adapter in which ucan down-scaled "
+            f"{s['n_attenuated']} of {s['n_units']} LoRA {doc['unit']} units: {method.description}. Nothing else changed: the adapter "
+            "config is byte-identical, lora_A is unchanged, and only the listed lora_B slices"
+            " (and their lora bias entries) were scaled."
+        )
+        effect = "It reduces the adapter's response to the forget set"
     lines = front + [
         f"# LoRA adapter attenuated with ucan ({method.pretty_name})",
         "",
-        "This adapter is a copy of the input adapter in which ucan down-scaled "
-        f"{s['n_attenuated']} of {s['n_units']} LoRA {doc['unit']} units: {method.description}. Nothing else changed: the adapter "
-        "config is byte-identical, lora_A is unchanged, and only the listed lora_B slices"
-        " (and their lora bias entries) were scaled.",
+        what,
         "",
         "## Important: what this does not guarantee",
         "",
-        "- This is **approximate unlearning with no formal guarantee**. It reduces the adapter's "
-        "response to the forget set; it does not prove that the data's influence is gone.",
+        "- This is **approximate unlearning with no formal guarantee**. "
+        f"{effect}; it does not prove that the data's influence is gone.",
         "- **Earlier copies of the adapter still hold the data**: the input adapter, its backups, "
         "checkpoints and any published copy are unchanged.",
         "- **Merged models still hold the data**: a base model merged with the earlier adapter "

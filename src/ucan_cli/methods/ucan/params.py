@@ -2,7 +2,7 @@
 
 ``MethodParams`` holds the eleven parameters of steps 2-5 (SPEC section 3); ``StatisticsOptions``
 the two choices of step 1 that are not part of ``MethodParams`` (token scope, retain halves).
-Every field's ``metadata["option"]`` is an ``OptionSpec``: the command-line flag, the help text,
+Every field's ``metadata["option"]`` is an ``OptionSpec`` (``ucan_cli.methods.params``): the command-line flag, the help text,
 the lower bound, the choices, the help panel, the option it excludes, and whether it decides the
 step-1 statistics. Everything else is derived from these declarations:
 
@@ -24,53 +24,15 @@ modules import it to build ``ucan --help``).
 from __future__ import annotations
 
 import math
-from dataclasses import Field, dataclass, field, fields, replace
+from dataclasses import Field, dataclass, fields, replace
 from typing import Any
 
 from ucan_cli.errors import InputError
+from ucan_cli.methods.params import PANEL_METHOD, OptionSpec, option
 
 DECAYS = ("sigmoid", "exp", "hard")
 UNITS = ("output", "rank")
 TOKEN_SCOPES = ("response", "last", "all")
-PANEL_METHOD = "Method"
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """How one parameter appears on the command line and in config files.
-
-    Attributes:
-        flag: the long flag; ``"--no-contrast/--contrast"`` for a switch (declared sense first).
-        help: the help text (states the default where it is not obvious).
-        min: the smallest value the command line accepts (Typer's ``min``), or None.
-        choices: the accepted values (checked by the library, which names the flag), or None.
-        panel: the help panel.
-        excludes: the field name of an option this one excludes (``ratio`` and ``tau``).
-        statistics: the option decides the step-1 statistics, so a score file fixes it.
-    """
-
-    flag: str
-    help: str
-    min: float | None = None
-    choices: tuple[str, ...] | None = None
-    panel: str = PANEL_METHOD
-    excludes: str | None = None
-    statistics: bool = False
-
-    @property
-    def long(self) -> str:
-        """The declared flag without its negation: ``--no-contrast`` for ``--no-contrast/--contrast``."""
-        return self.flag.split("/")[0]
-
-    @property
-    def key(self) -> str:
-        """The config key the flag spells: ``lambda`` for ``--lambda``."""
-        return self.long[2:].replace("-", "_")
-
-
-def option(default: Any, flag: str, help: str, **spec: Any) -> Any:
-    """A dataclass field with ``default`` whose metadata is ``OptionSpec(flag, help, **spec)``."""
-    return field(default=default, metadata={"option": OptionSpec(flag, help, **spec)})
 
 
 @dataclass(frozen=True)
