@@ -24,7 +24,8 @@ import typer
 
 from ucan_cli.config import convert, load_config
 from ucan_cli.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, UcanError
-from ucan_cli.methods.ucan.params import EXCLUSIVE, PANEL_METHOD, option_fields, spec
+from ucan_cli.methods.params import PANEL_METHOD
+from ucan_cli.methods.ucan.params import EXCLUSIVE, option_fields, spec
 
 PANEL_MODEL = "Model"
 PANEL_DATA = "Data"

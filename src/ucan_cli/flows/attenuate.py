@@ -1,10 +1,13 @@
-"""``attenuate``: the library call behind ``ucan attenuate`` (SPEC section 3, steps 1-6).
+"""``attenuate``: the library call behind ``ucan attenuate`` (SPEC section 3, steps 1-6, and the
+gradient baselines).
 
-Statistics come either from a fresh forward pass (``ucan_cli.flows.score.score``) or from a score file
-(``scores=``, no model loads). The method named by ``method=`` (``ucan_cli.methods.registry``:
-``ucan``, the default, or the ``random`` control) then edits B from them with the resolved
-parameters and the lineage's cumulative factors (the floor rule); a verdict the method calls
-weak declines unless ``accept_weak``. Everything is written to a temporary directory renamed
+The method named by ``method=`` (``ucan_cli.methods.registry``) is of one of two kinds.
+Activation methods (``ucan``, the default, and the ``random`` control) edit B from step-1
+statistics, which come from a fresh forward pass (``ucan_cli.flows.score.score``) or from a score
+file (``scores=``, no model loads), with the resolved parameters and the lineage's cumulative
+factors (the floor rule); a verdict the method calls weak declines unless ``accept_weak``. Model
+methods (``ga``, ``graddiff``, ``npo``) train the adapter's LoRA parameters on the tokenized sets
+(``ucan_cli.flows.model_inputs``); the lineage's factors carry over unchanged. Everything is written to a temporary directory renamed
 into place: the adapter (config byte for byte, same tensor names,
 dtypes and metadata, no timestamps, so equal inputs give byte-identical weights), README.md (the
 model card), ``ucan_report.json`` / ``ucan_report.md``, ``ucan_config.toml`` and
@@ -291,7 +294,7 @@ def attenuate(
             f"{verdict_of.sentence}: edited anyway (--accept-weak, recorded in the report and ledger); this edit "
             "may be noise rather than forgetting: check it with `ucan eval`, and retrain without these users to honour the request"
         )
-    factors, changes = edit.factors, edit.changes
+    changes = edit.changes
     if edit.adapter is source:
         raise NothingToDo(
             f"nothing to do: {edit.summary['k']} units were selected but every factor rounds to 1 "

@@ -21,11 +21,9 @@ before and after, ||dW' - dW||, output units whose row of dW moved) and no per-u
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from ucan_cli.errors import NothingToDo

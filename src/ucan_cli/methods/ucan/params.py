@@ -28,7 +28,7 @@ from dataclasses import Field, dataclass, fields, replace
 from typing import Any
 
 from ucan_cli.errors import InputError
-from ucan_cli.methods.params import PANEL_METHOD, OptionSpec, option
+from ucan_cli.methods.params import OptionSpec, option
 
 DECAYS = ("sigmoid", "exp", "hard")
 UNITS = ("output", "rank")
