@@ -10,6 +10,7 @@ statistics pass over forget + retain).
     python benchmarks/gradient.py                          # the defaults
     python benchmarks/gradient.py --grid                   # a small grid around them
     python benchmarks/gradient.py --seed 1 --scenario group
+    python benchmarks/gradient.py --quick                  # one step each, for CI smoke runs
 """
 
 from __future__ import annotations
@@ -39,14 +40,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenario", default="group")
     parser.add_argument("--grid", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="one training step per gradient method (a smoke run)")
     parser.add_argument("--until", default=None, help="also run each gradient method with this --until target")
     args = parser.parse_args()
     world, _ = ensure_world(args.seed, args.scenario, "default")
     configs = DEFAULTS + (GRID if args.grid else [])
+    if args.quick:
+        configs = [(label, method, {} if method == "ucan" else {"steps": 1}) for label, method, _ in DEFAULTS]
     if args.until:
         configs += [(f"{m} until", m, {"until": args.until, "steps": 200}) for m in ("ga", "graddiff", "npo")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        key = Path(tmp) / "receipt.key"  # a scratch receipt key: never the user's
+        key.write_text("benchmark-receipt-key-0123456789\n")
         dirs = []
         for i, (label, method, params) in enumerate(configs):
             out = Path(tmp) / f"a{i}"
@@ -54,7 +60,7 @@ def main() -> None:
             try:
                 run = attenuate(world / "original", out, base=str(world / "base"), forget=world / "forget.jsonl",
                                 retain=world / "retain.jsonl", method=method, params=params, batch_size=32, seed=0,
-                                receipt_key=None)
+                                receipt_key=key)
             except NothingToDo as exc:
                 print(f"{label} {params}: nothing to do ({exc.message})")
                 continue
@@ -65,7 +71,7 @@ def main() -> None:
             rows.append({"label": label, "params": params, "cost": cost, "seconds": seconds, "steps": steps})
             dirs.append(out)
         result = evaluate(str(world / "base"), world / "original", dirs, world / "forget.jsonl", world / "retain.jsonl",
-                          world / "holdout.jsonl", reference=world / "reference", bootstrap=0, batch_size=64, receipt_key=None).result
+                          world / "holdout.jsonl", reference=world / "reference", bootstrap=0, batch_size=64, receipt_key=key).result
         for row, adapter_id in zip(rows, result.unlearned_ids):
             row.update({path: result.value(adapter_id, path) for path, _ in METRICS})
         anchors = {a: {path: result.value(a, path) for path, _ in METRICS} for a in ("original", "reference")}
