@@ -32,6 +32,7 @@ EPILOG = (
     "4 nothing to do (no eligible unit, or a weak contrast declined; nothing written). U-CAN is approximate unlearning with no formal guarantee."
 )
 
+
 class RootGroup(UcanGroup):
     """The root command: parser errors (a bad value, an unknown option or command, a missing
     option) print one line, ``error: ucan COMMAND: <message>``, and exit 2, like the same mistake
