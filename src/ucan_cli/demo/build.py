@@ -265,8 +265,6 @@ def memorization_report(model_with_adapters, tokenizer, sets: dict[str, list[Rec
     return out
 
 
-
-
 # ------------------------------------------------------------------------------ the world dir
 
 

@@ -65,8 +65,6 @@ class AttenuateRun:
     method: str = "ucan"
 
 
-
-
 def _resolve_params(params, base):
     """``params`` may be a ``MethodParams`` (used as is), a mapping of option values merged over
     ``base`` (``params_from_options``), or None (``base`` or the defaults)."""
@@ -123,7 +121,8 @@ def attenuate(
     progress: ProgressFactory | None = None,
 ) -> AttenuateRun:
     """Attenuate the units of ``adapter`` that fire more on ``forget`` than on ``retain``
-    (``method="ucan"``), or spend the same budget on random units (``method="random"``).
+    (``method="ucan"``), spend the same budget on random units (``method="random"``), or train
+    the LoRA weights away from the forget set (``method="ga"``, ``"graddiff"``, ``"npo"``).
 
     Args:
         adapter: the input LoRA adapter directory (never modified).
