@@ -49,6 +49,9 @@ def main() -> None:
         configs = [(label, method, {} if method == "ucan" else {"steps": 1}) for label, method, _ in DEFAULTS]
     if args.until:
         configs += [(f"{m} until", m, {"until": args.until, "steps": 200}) for m in ("ga", "graddiff", "npo")]
+    from ucan_cli.io.data import read_records
+
+    n_stats_pass = sum(len(read_records(world / f"{name}.jsonl", name).records) for name in ("forget", "retain"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         key = Path(tmp) / "receipt.key"  # a scratch receipt key: never the user's
@@ -75,7 +78,8 @@ def main() -> None:
         for row, adapter_id in zip(rows, result.unlearned_ids):
             row.update({path: result.value(adapter_id, path) for path, _ in METRICS})
         anchors = {a: {path: result.value(a, path) for path, _ in METRICS} for a in ("original", "reference")}
-    ucan_cost = rows[0]["cost"]
+    # U-CAN's cost is its statistics pass over forget + retain, also when it declined the request.
+    ucan_cost = next((r["cost"] for r in rows if r["label"] == "U-CAN defaults"), None) or n_stats_pass
     print("| method | config | " + " | ".join(h for _, h in METRICS) + " | cost (fwd-eq) | x U-CAN | seconds |")
     print("|---|---|" + "---:|" * (len(METRICS) + 3))
     for row in rows:

@@ -129,6 +129,7 @@ def score(
     elif run.overview["verdict"] == "weak":
         ui.warn(
             f"{run.overview['sentence']}; `ucan attenuate` with these options declines (exit 4, nothing written) "
-            "unless --accept-weak: retraining without these users is what honours the request"
+            "unless --accept-weak: retraining without these users, or a gradient method (--method graddiff), can act "
+            "on this request"
         )
 

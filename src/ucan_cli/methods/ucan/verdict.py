@@ -106,8 +106,9 @@ def decline_message(overview: Mapping[str, Any]) -> str:
     """Why attenuate declines a weak contrast, and what the user can do instead (one line)."""
     return (
         f"declined: {overview['sentence']}. An edit of these units would move the retain users as much as the "
-        "forget users, so nothing was written. To honour the request, retrain the adapter without these users; "
-        "pass --accept-weak to edit anyway (the report and ledger record it)"
+        "forget users, so nothing was written. To honour the request, retrain the adapter without these users, "
+        "or run a gradient method (`ucan attenuate --method graddiff`, docs/methods.md) and check it with `ucan eval`; "
+        "pass --accept-weak to edit these units anyway (the report and ledger record it)"
     )
 
 
