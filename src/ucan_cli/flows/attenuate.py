@@ -318,7 +318,7 @@ def attenuate(
         "allow_overlap": allow_overlap,
         "accept_weak": bool(accept_weak),
     }
-    verdict = {"kind": verdict_of.kind, "sentence": verdict_of.sentence, "accepted_weak": verdict_of.decline is not None}
+    verdict = _verdict_doc(verdict_of)
     base_label = base if isinstance(base, (str, Path)) else None  # a (model, tokenizer) pair has no path
     if base_label is None and isinstance(score_meta.get("base"), Mapping):
         base_label = score_meta["base"].get("id")
@@ -372,6 +372,12 @@ class _Common:
     force: bool
     dry_run: bool
     command_line: str | None
+
+
+def _verdict_doc(verdict) -> dict:
+    """The report's ``verdict``, from the method's ``Verdict``: a declining verdict that reached
+    the writing stage was let through by ``--accept-weak``."""
+    return {"kind": verdict.kind, "sentence": verdict.sentence, "accepted_weak": verdict.decline is not None}
 
 
 def _lineage(ledger, head_ok: bool) -> dict:
@@ -484,13 +490,13 @@ def _attenuate_model(
     }
     receipt_doc = {"forget_set_hmac": receipt, "key_fingerprint": fingerprint, "source": "forget file"}
     training = edit.training if edit is not None else None
-    verdict = {"kind": "gradient", "sentence": "gradient methods make no contrast verdict", "accepted_weak": False}
     if edit is None:  # dry run: the cost estimate, no model loaded
         from ucan_cli.methods.base import Edit
         from ucan_cli.methods.gradient.method import VERDICT
 
         edit = Edit(adapter=common.source, factors={}, changes=[], summary={"estimate": estimate}, verdict=VERDICT)
     training = {**(training or {}), "estimate": estimate}
+    verdict = _verdict_doc(edit.verdict)
     return _finish(
         common, options=options, cli_values=cli_values, flags={}, inputs=inputs_doc, receipt_doc=receipt_doc,
         lineage=_lineage(common.ledger, common.head_ok), unit="output", verdict=verdict, edit=edit,
