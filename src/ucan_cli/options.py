@@ -130,7 +130,8 @@ ReceiptKeyOpt = Annotated[
 class OptionGroup:
     """Marks a command parameter that ``@ucan_command`` replaces, in place, with one option per
     option field of a method family: ``ucan`` (U-CAN's, ``methods.ucan.params``; ``names`` picks a
-    subset) or ``gradient`` (``methods.gradient.params``: every option of ga, graddiff and npo once).
+    subset) or ``gradient`` (``methods.gradient.params.PARAMS``: every option of ga, graddiff, npo,
+    retrain and negate once, each in its field's panel).
     The command receives the parameter as a dict of field name -> value, None where the option was
     not given."""
 

@@ -1,9 +1,11 @@
-"""A small, seeded LoRA fine-tuning helper (library only; no command).
+"""A small, seeded LoRA fine-tuning helper (library only; no command), and the loop it shares.
 
 It exists so that tests, benchmarks and the demo can build adapters that really memorized their
 records: loss on response tokens only (the prompt is masked), AdamW, a fixed seed for the LoRA
 init and the batch order, the same prompt and tokenization as scoring and evaluation, and a
-standard PEFT adapter directory at the end.
+standard PEFT adapter directory at the end. ``fit`` is the loop itself (epochs over seeded
+permutations, token-mean response loss, AdamW on whatever requires grad); ``train_lora`` and
+``--method retrain`` (``ucan_cli.methods.retrain.method``) both run it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ class TrainConfig:
 
 
 @dataclass
+class Fit:
+    """What ``fit`` ran: mean response-token loss per epoch and per step, and the step count."""
+
+    epoch_losses: list[float] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+@dataclass
 class TrainResult:
     adapter_dir: Path
     epoch_losses: list[float] = field(default_factory=list)  # mean response-token loss per epoch
@@ -51,6 +62,55 @@ def response_loss(model, batch) -> tuple[torch.Tensor, int]:
     mask = labels != -100
     loss = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
     return loss, int(mask.sum())
+
+
+def fit(
+    model,
+    encoded: Sequence,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    weight_decay: float = 0.0,
+    progress: ProgressFactory | None = None,
+    label: str = "training LoRA",
+) -> Fit:
+    """Train ``model``'s parameters that require grad on ``encoded`` (tokenized records).
+
+    AdamW (``lr``, ``weight_decay``); each epoch visits every record once, in a permutation drawn
+    from ``torch.Generator().manual_seed(seed)``, in batches of ``batch_size`` (the last one
+    smaller); each step descends the batch's token-mean response NLL. The model's mode (train or
+    eval) is the caller's. A non-finite loss raises ``UcanRuntimeError``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    device = params[0].device if params else torch.device("cpu")
+    result = Fit()
+    n_batches = -(-len(encoded) // batch_size)
+    with or_null(progress)(label, epochs * n_batches) as advance:
+        for _ in range(epochs):
+            order = torch.randperm(len(encoded), generator=generator).tolist()
+            total, tokens = 0.0, 0
+            for batch in iter_batches(encoded, batch_size, pad_id, subset=order, sort_by_length=False):
+                loss_sum, n_tokens = response_loss(model, batch.to(device))
+                loss = loss_sum / max(n_tokens, 1)
+                if not torch.isfinite(loss):
+                    from ucan_cli.errors import UcanRuntimeError
+
+                    raise UcanRuntimeError(f"the training loss became {float(loss)} at step {result.steps + 1}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss_sum.detach())
+                tokens += n_tokens
+                result.steps += 1
+                result.step_losses.append(float(loss.detach()))
+                advance(1)
+            result.epoch_losses.append(total / max(tokens, 1))
+    return result
 
 
 def train_lora(
@@ -82,27 +142,14 @@ def train_lora(
     peft_model = get_peft_model(model, lora)
     formatter = PromptFormatter(config.template, tokenizer)
     encoded = encode_set(records, tokenizer, formatter, config.max_length)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
     pad = pad_token_id(tokenizer)
     result = TrainResult(adapter_dir=Path(out_dir))
-    n_batches = -(-len(encoded) // config.batch_size)
     peft_model.train()
-    with or_null(progress)("training LoRA", config.epochs * n_batches) as advance:
-        for _ in range(config.epochs):
-            order = torch.randperm(len(encoded), generator=generator).tolist()
-            total, tokens = 0.0, 0
-            for batch in iter_batches(encoded, config.batch_size, pad, subset=order, sort_by_length=False):
-                loss_sum, n_tokens = response_loss(peft_model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                (loss_sum / max(n_tokens, 1)).backward()
-                optimizer.step()
-                total += float(loss_sum.detach())
-                tokens += n_tokens
-                result.steps += 1
-                advance(1)
-            result.epoch_losses.append(total / max(tokens, 1))
+    run = fit(
+        peft_model, encoded, epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+        batch_size=config.batch_size, pad_id=pad, seed=config.seed, progress=progress,
+    )
+    result.epoch_losses, result.steps = run.epoch_losses, run.steps
     peft_model.eval()
     peft_model.save_pretrained(str(out_dir))
     peft_model.unload()

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ucan_cli.methods.params import PANEL_RETRAIN
 from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
@@ -46,6 +47,15 @@ def attenuate(
         Optional[Path],
         typer.Option("--retain", help="Retain set (JSONL; not needed with --scores).", rich_help_panel=PANEL_DATA),
     ] = None,
+    train: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--train",
+            help="--method retrain: the records the adapter was trained on (JSONL like --forget). Every record of a forget "
+            "user (by user_id; records without one by id and by exact prompt and response) is removed before training.",
+            rich_help_panel=PANEL_RETRAIN,
+        ),
+    ] = None,
     output: Annotated[
         Optional[Path],
         typer.Option(
@@ -66,7 +76,9 @@ def attenuate(
             "--method",
             help="Unlearning method: ucan (the default); random: U-CAN's budget (its factors) on as many randomly "
             "drawn live units, seeded by --seed, a control for the choice of units; ga, graddiff or npo: gradient "
-            "methods that train the LoRA weights on the forget set (options in the Gradient methods panel).",
+            "methods that train the LoRA weights on the forget set (options in the Gradient methods panel); retrain: "
+            "a fresh LoRA with the adapter's config trained on --train without the forget users (the reference); "
+            "negate: dW' = -scale x dW, the whole adapter's update turned around (a non-selective baseline; no model).",
             rich_help_panel=PANEL_METHOD,
         ),
     ] = "ucan",
@@ -108,6 +120,8 @@ def attenuate(
 
     --method ga, graddiff or npo trains the LoRA A and B instead (no statistics pass, no verdict): --steps steps of --batch-size forget records, or until --until holds on the forget set (checked every --check-every steps); the report's training block records the steps, the stop reason and the cost. --dry-run prints the cost estimate without loading the model.
 
+--method retrain --train FILE re-initialises the adapter's LoRA weights (same config) and trains them for --epochs on FILE without any forget user's record: the reference every method approximates, and what to do when score's verdict is noise. --method negate multiplies every lora_B (and lora bias) by -scale: no model loads, no --base or --retain; the forget file only supplies the receipt.
+
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 
     Examples:
@@ -123,6 +137,10 @@ def attenuate(
       ucan attenuate --adapter ./adapter --scores scores.safetensors --method random --seed 1 -o ./adapter-random
 
       ucan attenuate --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --method graddiff --until "forget.recall@5 <= 0.3" --steps 60 -o ./adapter-gd
+
+      ucan attenuate --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --method retrain --train train.jsonl -o ./adapter-retrained
+
+      ucan attenuate --adapter ./adapter --forget f.jsonl --method negate -o ./adapter-negated
     """
     import shlex
     import sys
@@ -137,7 +155,7 @@ def attenuate(
         raise InputError("--adapter: the input adapter directory is required")
     token_scope, halves = options.pop("token_scope"), options.pop("halves")
     run = run_attenuate(
-        adapter, output, base=base, forget=forget, retain=retain, scores=scores, method=method, params={**options, **gradient},
+        adapter, output, base=base, forget=forget, retain=retain, scores=scores, train=train, method=method, params={**options, **gradient},
         token_scope=token_scope, halves=halves,
         template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
         seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,

@@ -1,13 +1,19 @@
 """``attenuate``: the library call behind ``ucan attenuate`` (SPEC section 3, steps 1-6, and the
 gradient baselines).
 
-The method named by ``method=`` (``ucan_cli.methods.registry``) is of one of two kinds.
+The method named by ``method=`` (``ucan_cli.methods.registry``) is of one of three kinds.
 Activation methods (``ucan``, the default, and the ``random`` control) edit B from step-1
 statistics, which come from a fresh forward pass (``ucan_cli.flows.score.score``) or from a score
 file (``scores=``, no model loads), with the resolved parameters and the lineage's cumulative
 factors (the floor rule); a verdict the method calls weak declines unless ``accept_weak``. Model
 methods (``ga``, ``graddiff``, ``npo``) train the adapter's LoRA parameters on the tokenized sets
-(``ucan_cli.flows.model_inputs``); the lineage's factors carry over unchanged. Everything is written to a temporary directory renamed
+(``ucan_cli.flows.model_inputs``); the lineage's factors carry over unchanged. ``retrain`` is a
+model method that also reads ``train=`` (``--train``): every forget user's record is removed
+from it (``ucan_cli.methods.retrain.removal``) before anything is tokenized, the kept records
+are handed to the method tokenized, the counts go into the report's ``training.train_records``,
+and, its weights being fresh, the lineage's factors restart. Adapter methods (``negate``) edit
+the adapter alone: no model, no statistics, no ``base``/``retain``; the forget file is still
+read for the ledger's receipt. Everything is written to a temporary directory renamed
 into place: the adapter (config byte for byte, same tensor names,
 dtypes and metadata, no timestamps, so equal inputs give byte-identical weights), README.md (the
 model card), ``ucan_report.json`` / ``ucan_report.md``, ``ucan_config.toml`` and
@@ -98,6 +104,7 @@ def attenuate(
     forget: str | Path | None = None,
     retain: str | Path | None = None,
     scores: str | Path | None = None,
+    train: str | Path | None = None,
     method: str = "ucan",
     params: Any = None,
     token_scope: str | None = None,
@@ -132,6 +139,8 @@ def attenuate(
         forget: the forget set: its receipt goes into the ledger; required without ``scores``
             (with ``scores`` it defaults to the receipt stored in the score file).
         scores: a score file from ``ucan score`` for this very adapter: no model loads.
+        train: the training file (records like forget and retain) of a method that ``takes_train``
+            (``retrain``), required by it and refused by every other method.
         method: a name in ``ucan_cli.methods.registry`` (unknown: ``InputError``).
         params: ``MethodParams``, or a mapping of method options (``unit``, ``lam``, ``t_risk``,
             ``min_gap``, ``ratio``, ``tau``, ``decay``, ``sharpness``, ``floor``,
@@ -157,7 +166,7 @@ def attenuate(
         InputError (exit 2), UcanRuntimeError (exit 1), NothingToDo (exit 4). Nothing is
         written when any of them is raised.
     """
-    from ucan_cli.methods.base import ACTIVATIONS, MODEL
+    from ucan_cli.methods.base import ACTIVATIONS, ADAPTER, MODEL
     from ucan_cli.methods.registry import get as get_method
     from ucan_cli.methods.ucan.edit import total_norms, units_per_module
     from ucan_cli.io.adapter import LoraAdapter, sha256_file
@@ -178,9 +187,16 @@ def attenuate(
 
     # ---------------------------------------------------------------- inputs (no model yet)
     chosen = get_method(method)
-    if chosen.statistics not in (ACTIVATIONS, MODEL):
+    if chosen.statistics not in (ACTIVATIONS, MODEL, ADAPTER):
         raise InputError(f"--method {method}: needs {chosen.statistics} inputs, which attenuate cannot provide")
     params = _own_options(chosen, params)
+    if train is not None and not chosen.takes_train:
+        raise InputError(f"--train: not an option of --method {chosen.name} (only --method retrain trains on a training file)")
+    if train is None and chosen.takes_train:
+        raise InputError(
+            f"--method {chosen.name} needs --train FILE: the records the input adapter was trained on (JSONL like "
+            "--forget); every forget user's record is removed from it before training"
+        )
     source = LoraAdapter.load(adapter, allow_pickle=allow_pickle)
     source.check_supported()
     warnings = list(source.warnings())
@@ -189,7 +205,7 @@ def attenuate(
     # Never write over (or, with --force, delete) anything this run reads.
     protected = [source.path, scores, forget if isinstance(forget, (str, Path)) else None,
                  retain if isinstance(retain, (str, Path)) else None, key_path(receipt_key), template,
-                 base if isinstance(base, (str, Path)) else None]
+                 base if isinstance(base, (str, Path)) else None, train if isinstance(train, (str, Path)) else None]
     if out_dir is not None:
         check_output_dir(out_dir, force=force, protected=protected)
     ledger = read_ledger(source.path)
@@ -201,9 +217,15 @@ def attenuate(
         chosen=chosen, source=source, ledger=ledger, head_ok=head_ok, warnings=warnings, timings=timings, protected=protected,
         out_dir=out_dir, force=force, dry_run=dry_run, command_line=command_line,
     )
+    if chosen.statistics == ADAPTER:
+        return _attenuate_adapter(
+            common, key, fingerprint, base=base, forget=forget, retain=retain, scores=scores, params=params,
+            token_scope=token_scope, halves=halves, seed=seed, receipt_key=receipt_key, allow_pickle=allow_pickle,
+            accept_weak=accept_weak,
+        )
     if chosen.statistics == MODEL:
         return _attenuate_model(
-            common, key, fingerprint, base=base, forget=forget, retain=retain, scores=scores, params=params,
+            common, key, fingerprint, base=base, forget=forget, retain=retain, scores=scores, train=train, params=params,
             token_scope=token_scope, halves=halves, template=template, max_length=max_length,
             retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed, batch_size=batch_size,
             device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
@@ -410,14 +432,39 @@ def _own_options(chosen, params):
     return given
 
 
+def _method_params(chosen, params):
+    """The chosen method's validated parameters: given as its ``params_type``, or a mapping of
+    option values (already checked by ``_own_options``) over its defaults."""
+    from dataclasses import fields as dc_fields
+
+    if isinstance(params, chosen.params_type):
+        return params.validate()
+    given = dict(params or {})
+    return chosen.params_type(**{f.name: given[f.name] for f in dc_fields(chosen.params_type) if f.name in given}).validate()
+
+
+def _read_train(train, forget_set):
+    """The training file's records without the forget users', and the counts (``removal.py``);
+    a file that would leave nothing to train on is an ``InputError``."""
+    from ucan_cli.io.data import read_records
+    from ucan_cli.methods.retrain.removal import without_forget_users
+
+    train_set = read_records(train, "train") if not hasattr(train, "records") else train
+    kept, counts = without_forget_users(train_set, forget_set)
+    if counts.kept == 0:
+        raise InputError(
+            f"{train_set.path}: every one of its {counts.n_records} records belongs to a forget user or matches a forget "
+            "record; nothing is left to train on"
+        )
+    return train_set, kept, counts
+
+
 def _attenuate_model(
-    common: _Common, key, fingerprint, *, base, forget, retain, scores, params, token_scope, halves, template, max_length,
+    common: _Common, key, fingerprint, *, base, forget, retain, scores, train, params, token_scope, halves, template, max_length,
     retain_max_samples, max_samples, seed, batch_size, device, dtype, allow_overlap, receipt_key, allow_pickle,
     trust_remote_code, accept_weak, progress,
 ) -> AttenuateRun:
     """``attenuate`` for a ``MODEL`` method: checks, the model, the method's run, the same outputs."""
-    from dataclasses import fields as dc_fields
-
     from ucan_cli.flows.model_inputs import model_inputs, trainable_model
     from ucan_cli.flows.score import prepare
     from ucan_cli.io.data import read_records
@@ -437,13 +484,13 @@ def _attenuate_model(
     missing = [flag for flag, value in (("--base", base), ("--forget", forget), ("--retain", retain)) if value is None]
     if missing:
         raise InputError(f"{', '.join(missing)} required for --method {name}")
-    if isinstance(params, chosen.params_type):
-        params = params.validate()
-    else:
-        given = dict(params or {})
-        params = chosen.params_type(**{f.name: given[f.name] for f in dc_fields(chosen.params_type) if f.name in given}).validate()
+    params = _method_params(chosen, params)
+    chosen.check(common.source, params)
     forget_set = read_records(forget, "forget") if not hasattr(forget, "records") else forget
     receipt = set_receipt(key, forget_set.records)
+    train_set = kept = removal = None
+    if chosen.takes_train:  # the forget users' records go before anything reads their text
+        train_set, kept, removal = _read_train(train, forget_set)
     common.warnings.extend(check_repeat(common.ledger, receipt, fingerprint, force=common.force))
     prep = prepare(
         base, common.source.path, forget_set, retain, params=MethodParams(), token_scope="response", halves="auto",
@@ -453,19 +500,31 @@ def _attenuate_model(
     )
     common.warnings.extend(w for w in prep.warnings if w not in common.warnings)
     timings["inputs"] = timings.get("inputs", 0.0) + time.perf_counter() - clock
-    target = params.target
+    target = getattr(params, "target", None)
     target_k = int(target.metric.partition("@")[2]) if target is not None and "@" in target.metric else None
-    estimate = chosen.estimate(params, n_forget=len(prep.forget), n_retain=len(prep.retain), batch_size=batch_size)
+    counts = {"n_train": len(kept)} if kept is not None else {}
+    estimate = chosen.estimate(params, n_forget=len(prep.forget), n_retain=len(prep.retain), batch_size=batch_size, **counts)
+    train_encoded = None
+    if kept is not None:
+        from ucan_cli.io.prompts import PromptFormatter
+        from ucan_cli.io.tokenize import encode_set
+
+        train_encoded = encode_set(kept, prep.tokenizer, PromptFormatter(template, tokenizer=prep.tokenizer), prep.max_length)
+        cut = sum(e.truncated > 0 for e in train_encoded)
+        if cut:
+            common.warnings.append(f"{cut} training records exceed --max-length {prep.max_length} and lost prompt tokens from the left")
     if common.dry_run:
         edit = None
     else:
         with trainable_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
             timings["load"] = time.perf_counter() - clock - timings["inputs"]
-            inputs = model_inputs(model, prep, template=template, batch_size=batch_size, target_k=target_k, progress=progress)
+            inputs = model_inputs(
+                model, prep, template=template, batch_size=batch_size, target_k=target_k, progress=progress, train=train_encoded,
+            )
             edit = chosen.run(common.source, inputs, params, seed=seed)
         for stage, seconds in edit.timings.items():
             timings[stage] = timings.get(stage, 0.0) + seconds
-        if edit.training and edit.training.get("stop_reason") == "budget":
+        if edit.training and edit.training.get("stop_reason") == "budget" and target is not None:
             common.warnings.append(
                 f"--until {params.until!r} was not reached within --steps {params.steps}; the adapter is written as it stood at the last step"
             )
@@ -488,27 +547,94 @@ def _attenuate_model(
         "retain": {"path": cli_values["retain"], "sha256": prep.retain.sha256, "n_records": len(prep.retain)},
         "scores": None,
     }
+    if train_set is not None:
+        cli_values["train"] = str(train_set.path)
+        inputs_doc["train"] = {"path": str(train_set.path), "sha256": train_set.sha256, "n_records": train_set.n_total}
     receipt_doc = {"forget_set_hmac": receipt, "key_fingerprint": fingerprint, "source": "forget file"}
     training = edit.training if edit is not None else None
     if edit is None:  # dry run: the cost estimate, no model loaded
         from ucan_cli.methods.base import Edit
         from ucan_cli.methods.gradient.method import VERDICT
+        from ucan_cli.methods.retrain.method import VERDICT as RETRAIN_VERDICT
 
-        edit = Edit(adapter=common.source, factors={}, changes=[], summary={"estimate": estimate}, verdict=VERDICT)
-    training = {**(training or {}), "estimate": estimate}
+        verdict_of = RETRAIN_VERDICT if chosen.takes_train else VERDICT
+        edit = Edit(adapter=common.source, factors={}, changes=[], summary={"estimate": estimate}, verdict=verdict_of)
+    training = {**(training or {}), "estimate": estimate, **({"train_records": removal.to_dict()} if removal else {})}
     verdict = _verdict_doc(edit.verdict)
     return _finish(
         common, options=options, cli_values=cli_values, flags={}, inputs=inputs_doc, receipt_doc=receipt_doc,
         lineage=_lineage(common.ledger, common.head_ok), unit="output", verdict=verdict, edit=edit,
         totals=total_norms(edit.changes) if edit.changes else {}, receipt=receipt, receipt_fp=fingerprint,
         n_forget=forget_set.n_total, base_label=inputs_doc["base"], stats=None, training=training,
-        request={"kind": "gradient", "steps_run": (training or {}).get("steps_run")},
+        request={"kind": "retrain" if chosen.fresh_adapter else "gradient", "steps_run": (training or {}).get("steps_run")},
+        fresh=chosen.fresh_adapter, disclaimer=_disclaimer(chosen),
+    )
+
+
+def _disclaimer(chosen) -> str | None:
+    """The report's disclaimer for a method whose edit is not U-CAN's or the gradient family's."""
+    from ucan_cli.methods.base import ADAPTER
+    from ucan_cli.report.attenuate import NEGATE_DISCLAIMER, RETRAIN_DISCLAIMER
+
+    if chosen.fresh_adapter:
+        return RETRAIN_DISCLAIMER
+    return NEGATE_DISCLAIMER if chosen.statistics == ADAPTER else None
+
+
+def _attenuate_adapter(
+    common: _Common, key, fingerprint, *, base, forget, retain, scores, params, token_scope, halves, seed, receipt_key,
+    allow_pickle, accept_weak,
+) -> AttenuateRun:
+    """``attenuate`` for an ``ADAPTER`` method (``negate``): the forget file's receipt, the method's
+    edit of the adapter's tensors, the same outputs; no model, no statistics."""
+    from ucan_cli.io.data import read_records
+    from ucan_cli.io.ledger import check_repeat
+    from ucan_cli.io.receipts import set_receipt
+    from ucan_cli.methods.gradient.params import params_to_dict
+    from ucan_cli.methods.ucan.edit import total_norms
+
+    chosen, timings = common.chosen, common.timings
+    clock = time.perf_counter()
+    name = chosen.name
+    for flag, value in (("--base", base), ("--retain", retain), ("--scores", scores), ("--token-scope", token_scope),
+                        ("--halves", halves), ("--accept-weak", accept_weak or None)):
+        if value is not None:
+            raise InputError(f"{flag}: not an option of --method {name} (it edits the adapter alone: no model, no statistics)")
+    if forget is None:
+        raise InputError(f"--forget required for --method {name} (the ledger records the request's receipt)")
+    params = _method_params(chosen, params)
+    chosen.check(common.source, params)
+    forget_set = read_records(forget, "forget") if not hasattr(forget, "records") else forget
+    receipt = set_receipt(key, forget_set.records)
+    common.warnings.extend(check_repeat(common.ledger, receipt, fingerprint, force=common.force))
+    timings["inputs"] = timings.get("inputs", 0.0) + time.perf_counter() - clock
+    edit = chosen.apply(common.source, params, seed=seed)
+    for stage, seconds in edit.timings.items():
+        timings[stage] = timings.get(stage, 0.0) + seconds
+    source = common.source
+    options = {"method": name, **params_to_dict(params), "seed": seed}
+    cli_values = {
+        "adapter": str(source.path), "forget": str(forget_set.path), "method": name, **params_to_dict(params), "seed": seed,
+        "receipt_key": receipt_key and str(receipt_key), "allow_pickle": allow_pickle,
+    }
+    inputs_doc = {
+        "base": None, "adapter": {"path": str(source.path), "sha256": source.sha256},
+        "forget": {"path": str(forget_set.path), "sha256": forget_set.sha256, "n_records": forget_set.n_total},
+        "retain": None, "scores": None,
+    }
+    receipt_doc = {"forget_set_hmac": receipt, "key_fingerprint": fingerprint, "source": "forget file"}
+    return _finish(
+        common, options=options, cli_values=cli_values, flags={}, inputs=inputs_doc, receipt_doc=receipt_doc,
+        lineage=_lineage(common.ledger, common.head_ok), unit="output", verdict=_verdict_doc(edit.verdict), edit=edit,
+        totals=total_norms(edit.changes), receipt=receipt, receipt_fp=fingerprint, n_forget=forget_set.n_total,
+        base_label=source.base_model_name, stats=None, request={"kind": name, **params_to_dict(params)},
+        disclaimer=_disclaimer(chosen),
     )
 
 
 def _finish(
     common: _Common, *, options, cli_values, flags, inputs, receipt_doc, lineage, unit, verdict, edit, totals, receipt,
-    receipt_fp, n_forget, base_label, stats, training=None, request=None,
+    receipt_fp, n_forget, base_label, stats, training=None, request=None, fresh=False, disclaimer=None,
 ) -> AttenuateRun:
     """The documents and the atomic output every method shares: adapter, ledger entry, reports,
     model card, ``ucan_config.toml``."""
@@ -529,7 +655,7 @@ def _finish(
         return attenuate_document(
             command_line=command_line, dry_run=dry_run, inputs=inputs, receipt=receipt_doc, output=output,
             options=options, unit=unit, verdict=verdict, summary=edit.summary, changes=edit.changes, totals=totals,
-            lineage=lineage, warnings=common.warnings, timings=timings, training=training,
+            lineage=lineage, warnings=common.warnings, timings=timings, training=training, disclaimer=disclaimer,
         )
 
     if dry_run:
@@ -543,6 +669,7 @@ def _finish(
             ledger, unit=unit, factors=edit.factors, module_order=[m.name for m in source.modules],
             options=options, input_sha256=source.sha256, output_sha256=output_sha256, input_matches_ledger=common.head_ok,
             forget_set_hmac=receipt, receipt_key_fingerprint=receipt_fp, n_forget_records=n_forget, request=request,
+            fresh=fresh,
         )
         write_ledger(tmp, ledger, entry)
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - clock

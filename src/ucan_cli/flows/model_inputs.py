@@ -54,8 +54,9 @@ def trainable_model(prep, *, device: str, dtype: str, allow_pickle: bool, trust_
                 parameter.requires_grad_(False)
 
 
-def model_inputs(model, prep, *, template: str, batch_size: int, target_k: int | None, progress=None) -> ModelInputs:
-    """``ModelInputs`` over a prepared run (``flows.score.prepare``) and its loaded model."""
+def model_inputs(model, prep, *, template: str, batch_size: int, target_k: int | None, progress=None, train=None) -> ModelInputs:
+    """``ModelInputs`` over a prepared run (``flows.score.prepare``) and its loaded model; ``train``:
+    the tokenized training records of a method that ``takes_train``."""
     from ucan_cli.io.tokenize import pad_token_id
 
     ks = tuple(sorted({*KS, *((target_k,) if target_k else ())}))
@@ -69,6 +70,7 @@ def model_inputs(model, prep, *, template: str, batch_size: int, target_k: int |
     return ModelInputs(
         model=model, tokenizer=prep.tokenizer, forget=prep.forget_encoded, retain=prep.retain_encoded,
         pad_id=pad_token_id(prep.tokenizer), batch_size=batch_size, probe=probe, utility=utility, progress=progress,
+        train=train,
     )
 
 

@@ -16,7 +16,10 @@ no spaces, ASCII, no NaN) with:
   method (``ga``, ``graddiff``, ``npo``) adds ``kind: "gradient"`` and ``steps_run``, with
   ``n_edited`` 0: it changes A and B everywhere, not per-unit factors, so it composes nothing and
   the cumulative factors below are carried unchanged (they remain the record of the lineage's
-  U-CAN edits, and the floor rule of a later U-CAN request still reads them);
+  U-CAN edits, and the floor rule of a later U-CAN request still reads them); ``negate`` adds
+  ``kind: "negate"`` and its ``scale`` and carries them the same way; ``retrain`` adds
+  ``kind: "retrain"`` and restarts them (every LoRA weight is new: no earlier factor describes
+  it, so the entry lists none);
 * ``cumulative_factors``: ``{"output": {module: {"index": [...], "factor": [...]}}, "rank": {...}}``,
   the product of every factor applied so far, per unit kind, listing only units whose factor is
   not 1 (indices ascending). Output and rank factors act on different sides of B
@@ -305,15 +308,18 @@ def new_entry(
     n_forget_records: int | None,
     time: str | None = None,
     request: Mapping[str, Any] | None = None,
+    fresh: bool = False,
 ) -> dict:
     """The next ledger entry: this request's factors composed onto the lineage's.
 
     ``request`` adds fields to the entry's ``request`` (a gradient edit: ``kind: "gradient"`` and
     ``steps_run``; it passes no factors, so the lineage's cumulative factors are carried unchanged).
+    ``fresh``: the edit replaced every LoRA weight (``retrain``), so the cumulative factors restart
+    from this request's own.
     """
     cumulative = {}
     for kind in UNIT_KINDS:
-        prev = ledger.cumulative(kind)
+        prev = {} if fresh else ledger.cumulative(kind)
         cumulative[kind] = _factor_table(compose(prev, factors) if kind == unit else prev, module_order)
     flat = np.concatenate([np.asarray(v, dtype=np.float64) for v in factors.values()]) if factors else np.ones(0)
     head = ledger.head

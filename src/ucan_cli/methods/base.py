@@ -14,25 +14,28 @@ depends on its ``statistics`` kind:
 * ``MODEL`` (the gradient family): ``run(source, inputs, params, *, seed)`` with a ``ModelInputs``:
   the base model with the input adapter attached and its LoRA parameters trainable, the tokenizer,
   the forget and retain sets tokenized, and the flow's measurements (``probe``: forget-set ranking
-  metrics of the model as it is now; ``utility``: the same on the retain set). No statistics pass
-  runs for such a method, and it declares no verdict the flow could decline on.
+  metrics of the model as it is now; ``utility``: the same on the retain set; for a method that
+  ``takes_train`` (``retrain``), ``train``: the training file's records tokenized, those of the
+  forget users already removed). No statistics pass runs for such a method, and it declares no
+  verdict the flow could decline on;
+* ``ADAPTER`` (``negate``): ``apply(source, params, *, seed)`` with nothing but the adapter: no
+  model loads and no statistics are computed (the forget file is still read, for the ledger's
+  receipt of the request).
 
-In both, ``source`` is the input adapter (``ucan_cli.io.adapter.LoraAdapter``, never modified),
+In every kind, ``source`` is the input adapter (``ucan_cli.io.adapter.LoraAdapter``, never modified),
 ``params`` an instance of its ``params_type`` (a frozen dataclass whose fields carry their
 ``OptionSpec``, ``ucan_cli.methods.params``), already validated, and ``seed`` the run's ``--seed``
 (equal seeds, equal bytes).
 
 It returns an ``Edit``: the edited adapter, per-unit factors (the ledger composes them onto the
-lineage; a model method returns none: its edit is not a per-unit scaling, and the lineage's
-factors are carried unchanged), one ``ModuleChange`` per module, a JSON-safe summary, a
+lineage; a model or adapter method returns none: its edit is not a per-unit scaling, and the
+lineage's factors are carried unchanged, or restart for a ``fresh_adapter`` method), one ``ModuleChange`` per module, a JSON-safe summary, a
 ``Verdict`` and, for a model method, ``training`` (what ran: steps, stop reason, cost). The flow
 then declines, writes and records; the method's name goes into the report and the ledger entry
 (``options.method``).
 
-Methods planned next fit the same two calls: ``retrain`` and ``prune`` are ``MODEL`` methods
-(retraining adds a training set to ``ModelInputs``; pruning reads gradients of activations off the
-model), ``negate`` is an ``ACTIVATIONS``-free edit of the adapter alone (a third kind, ``NONE``,
-when it lands).
+Before any model loads the flow calls ``check(source, params)``, where a method refuses an
+adapter it cannot honestly edit (``InputError``, exit 2).
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ ACTIVATIONS = "activations"
 #: The kind ``MODEL``: the method runs the model itself (forward and backward passes on the forget
 #: and retain sets); the flow loads the base with the adapter attached and hands it a ``ModelInputs``.
 MODEL = "model"
-KINDS = (ACTIVATIONS, MODEL)
+#: The kind ``ADAPTER``: the method edits the adapter's tensors alone (no model, no statistics).
+ADAPTER = "adapter"
+KINDS = (ACTIVATIONS, MODEL, ADAPTER)
+#: The call each kind implements.
+CALLS = {ACTIVATIONS: "edit", MODEL: "run", ADAPTER: "apply"}
 
 
 @dataclass
@@ -70,6 +77,8 @@ class ModelInputs:
             it cost). The target of ``--until`` reads it.
         utility: ``utility()`` -> the same on the retain set (measured at the stop).
         progress: a progress factory, or None.
+        train: for a method that ``takes_train``: the records of ``--train`` left after removing
+            every forget user's record, tokenized like forget and retain; else None.
     """
 
     model: Any
@@ -81,6 +90,7 @@ class ModelInputs:
     probe: Any = None
     utility: Any = None
     progress: Any = None
+    train: list | None = None
 
 
 @dataclass(frozen=True)
@@ -139,9 +149,14 @@ class Method(ABC):
         reference_url: where it is described (a paper), or None.
         description: what the edit did, finishing the model card's sentence about the edit.
         params_type: the dataclass of its parameters.
-        statistics: what it needs: ``ACTIVATIONS`` (``edit`` is called) or ``MODEL`` (``run``).
+        statistics: what it needs: ``ACTIVATIONS`` (``edit`` is called), ``MODEL`` (``run``) or
+            ``ADAPTER`` (``apply``).
+        takes_train: a ``MODEL`` method that trains on ``--train`` (``ModelInputs.train``); the
+            flow refuses ``--train`` for every other method.
+        fresh_adapter: the edit replaces every LoRA weight by newly trained ones, so the lineage's
+            cumulative per-unit factors restart (the ledger entry lists none).
 
-    A subclass implements the call of its kind; the other one raises ``NotImplementedError``.
+    A subclass implements the call of its kind; the others raise ``NotImplementedError``.
     """
 
     name: ClassVar[str]
@@ -150,12 +165,14 @@ class Method(ABC):
     description: ClassVar[str]
     params_type: ClassVar[type]
     statistics: ClassVar[str] = ACTIVATIONS
+    takes_train: ClassVar[bool] = False
+    fresh_adapter: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.statistics not in KINDS:
             raise TypeError(f"{cls.__name__}.statistics must be one of {KINDS}, got {cls.statistics!r}")
-        needed = "edit" if cls.statistics == ACTIVATIONS else "run"
+        needed = CALLS[cls.statistics]
         if getattr(cls, needed) is getattr(Method, needed) and not getattr(cls, "__abstractmethods__", None):
             raise TypeError(f"{cls.__name__} needs {cls.statistics} and must implement {needed}()")
 
@@ -175,8 +192,20 @@ class Method(ABC):
         """
         raise NotImplementedError(f"{self.name} is a {self.statistics} method; it has no run()")
 
-    def estimate(self, params: Any, *, n_forget: int, n_retain: int, batch_size: int) -> dict[str, Any] | None:
-        """A model method's cost before it runs (``--dry-run``): forward-pass equivalents, or None."""
+    def apply(self, source: Any, params: Any, *, seed: int = 0) -> Edit:
+        """An ``ADAPTER`` method: edit ``source``'s tensors alone (see the module docstring).
+
+        Raises as ``edit`` does.
+        """
+        raise NotImplementedError(f"{self.name} is a {self.statistics} method; it has no apply()")
+
+    def check(self, source: Any, params: Any) -> None:
+        """Raise ``InputError`` for an adapter this method cannot edit honestly; called before any
+        model loads. The default accepts every adapter the flow accepts."""
+
+    def estimate(self, params: Any, *, n_forget: int, n_retain: int, batch_size: int, **counts: int) -> dict[str, Any] | None:
+        """A model method's cost before it runs (``--dry-run``): forward-pass equivalents, or None.
+        A method that ``takes_train`` also gets ``n_train`` (the records left to train on)."""
         return None
 
     def __repr__(self) -> str:

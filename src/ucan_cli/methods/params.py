@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PANEL_METHOD = "Method"
+#: Help panels of the other method families (one flag may serve several methods: ``--lr``).
+PANEL_GRADIENT = "Gradient methods"
+PANEL_RETRAIN = "Retraining"
+PANEL_NEGATE = "Negation"
 
 
 @dataclass(frozen=True)
@@ -53,4 +57,4 @@ def option(default: Any, flag: str, help: str, **spec: Any) -> Any:
     return field(default=default, metadata={"option": OptionSpec(flag, help, **spec)})
 
 
-__all__ = ["OptionSpec", "PANEL_METHOD", "option"]
+__all__ = ["OptionSpec", "PANEL_GRADIENT", "PANEL_METHOD", "PANEL_NEGATE", "PANEL_RETRAIN", "option"]

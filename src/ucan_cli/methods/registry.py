@@ -21,6 +21,8 @@ BUILTIN: dict[str, str] = {
     "ga": "ucan_cli.methods.gradient.method:GradientAscent",
     "graddiff": "ucan_cli.methods.gradient.method:GradDiff",
     "npo": "ucan_cli.methods.gradient.method:NPO",
+    "retrain": "ucan_cli.methods.retrain.method:Retrain",
+    "negate": "ucan_cli.methods.negate.method:Negate",
 }
 
 DEFAULT = "ucan"

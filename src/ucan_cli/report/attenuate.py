@@ -28,6 +28,18 @@ GRADIENT_DISCLAIMER = (
     "(fully fine-tuned copies that ucan does not edit) still hold the data."
 )
 
+RETRAIN_DISCLAIMER = (
+    "Retraining without the forget users' records is exact unlearning for this adapter only if the training file held "
+    "everything the adapter was trained on and the base model never saw those records. Earlier copies of the adapter "
+    "and models merged with it still hold the data."
+)
+
+NEGATE_DISCLAIMER = (
+    "Task-vector negation is not selective: it turns the whole adapter's update around (dW' = -scale x dW), removing "
+    "what it learned from every user, not only the forget set's. It is a baseline and a sanity bound, not a way to "
+    "honour one user's request. Earlier copies of the adapter and models merged with it still hold the data."
+)
+
 #: Timing stages in the order they run.
 STAGES = ("inputs", "statistics", "select", "edit", "write")
 
@@ -49,10 +61,12 @@ def attenuate_document(
     warnings: Sequence[str],
     timings: Mapping[str, float],
     training: Mapping[str, Any] | None = None,
+    disclaimer: str | None = None,
 ) -> dict:
     """The ``ucan_report.json`` document (schema_version 1), JSON-safe. ``training`` (a gradient
     method's run: steps, stop reason, checks, cost; with ``--dry-run`` its estimate) is added as
-    the ``training`` block; U-CAN's documents have none."""
+    the ``training`` block; U-CAN's documents have none. ``disclaimer`` replaces the default one
+    (U-CAN's, or the gradient family's when there is a ``training`` block)."""
     modules = [c.to_dict() for c in changes]
     edited = [m for m in modules if m["n_edited"]]
     doc = {
@@ -73,7 +87,7 @@ def attenuate_document(
         "lineage": dict(lineage),
         "warnings": list(warnings),
         "timings": {k: float(v) for k, v in timings.items()},
-        "disclaimer": DISCLAIMER if training is None else GRADIENT_DISCLAIMER,
+        "disclaimer": disclaimer or (DISCLAIMER if training is None else GRADIENT_DISCLAIMER),
     }
     if training is not None:
         doc["training"] = dict(training)
@@ -87,6 +101,8 @@ def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     s, t = doc["summary"], doc["totals"]
     if "training" in doc:
         return _training_headline(doc)
+    if is_negation(doc):
+        return _negation_headline(doc)
     floor = doc["options"].get("floor", 0.0)
     return [
         ("unit", doc["unit"]),
@@ -102,6 +118,26 @@ def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("relative change of ‖dW‖_F", f"{100 * t['rel_norm_change']:+.3g} %"),
         ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
     ]
+
+
+def is_negation(doc: Mapping[str, Any]) -> bool:
+    """A document of an adapter edit by negation (its summary carries the scale, no statistics)."""
+    return "scale" in doc["summary"] and "n_eligible" not in doc["summary"]
+
+
+def _negation_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An adapter edit's headline (``negate``): the scale and how dW moved."""
+    from ucan_cli.report import fmt
+
+    s, t = doc["summary"], doc["totals"]
+    rows = [("method", doc["options"].get("method", "?")), ("scale: dW' = -scale x dW", fmt(s["scale"]))]
+    if "dw_norm_before" in t:
+        rows += [
+            ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
+            ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
+            ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+        ]
+    return rows + [("cost (forward-pass equivalents)", "0")]
 
 
 def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -155,7 +191,11 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
 
     from ucan_cli.report import fmt
 
-    what = "U-CAN attenuation" if "training" not in doc else f"{doc['options'].get('method')} (gradient method)"
+    method = doc["options"].get("method")
+    if "training" in doc:
+        what = f"{method} ({'retraining' if 'train_records' in doc['training'] else 'gradient method'})"
+    else:
+        what = f"{method} (task-vector negation)" if is_negation(doc) else "U-CAN attenuation"
     title = f"{what} (dry run: nothing written)" if doc["dry_run"] else f"{what} -> {doc['output']['path']}"
     summary = Table(title=title, title_justify="left", show_header=False)
     summary.add_column("what")

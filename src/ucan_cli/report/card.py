@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ucan_cli.report.attenuate import headline
+from ucan_cli.report.attenuate import headline, is_negation
 
 
 def _yaml_str(value: str) -> str:
@@ -32,7 +32,15 @@ def model_card(doc: Mapping[str, Any], *, base_model: str | None) -> str:
     method = get_method(doc["options"].get("method", "ucan"))  # reports before --method were U-CAN's
     s = doc["summary"]
     inputs, out, receipt = doc["inputs"], doc["output"] or {}, doc["receipt"]
-    if "training" in doc:  # a gradient method: A and B were trained
+    if "training" in doc and "train_records" in doc["training"]:  # retrain: fresh A and B, trained without the forget users
+        tr, kept = doc["training"], doc["training"]["train_records"]
+        what = (
+            f"This adapter was retrained by ucan: {method.description}; {kept['removed']} of the training file's "
+            f"{kept['n_records']} records were removed, {kept['kept']} trained on for {tr.get('epochs')} epochs "
+            f"({tr.get('steps_run')} steps). The adapter config is byte-identical and every tensor keeps its name, shape and dtype."
+        )
+        effect = "It never saw the forget users' records in the training file"
+    elif "training" in doc:  # a gradient method: A and B were trained
         tr = doc["training"]
         what = (
             f"This adapter is a copy of the input adapter whose LoRA weights ucan changed by {tr.get('steps_run')} steps of "
@@ -40,6 +48,12 @@ def model_card(doc: Mapping[str, Any], *, base_model: str | None) -> str:
             "byte-identical and every tensor keeps its name, shape and dtype; lora_A and lora_B of every module changed."
         )
         effect = "It makes the forget set's responses less likely"
+    elif is_negation(doc):  # negate: an edit of the adapter alone
+        what = (
+            f"This adapter is a copy of the input adapter changed by {method.pretty_name} at scale {s['scale']}: "
+            f"{method.description}. The adapter config is byte-identical and every tensor keeps its name, shape and dtype."
+        )
+        effect = "It turns the whole adapter's update around, for every user, not only the forget set's"
     else:
         what = (
             "This adapter is a copy of the input adapter in which ucan down-scaled "

@@ -5,7 +5,9 @@ with its ``OptionSpec`` (``ucan_cli.methods.params``).
 target and how often it is checked); ``GradDiffParams`` adds the retain weight, ``NPOParams`` the
 inverse temperature beta. A subclass redeclares a field to give it its own default. From these
 declarations ``ucan_cli.options`` generates the "Gradient methods" panel of ``ucan attenuate``
-(``option_fields``: every field of the family once, its help listing each method's default), and
+(``option_fields``: every field of the family once, its help listing each method's default; the
+``PARAMS`` of ``retrain`` and ``negate`` join in, so ``--lr`` is one flag with a default per
+method and ``--epochs`` and ``--scale`` land in their own panels), and
 the flow records ``params_to_dict`` in the report, the ledger and ``ucan_config.toml``.
 
 ``--until "forget.recall@5 <= 0.3"`` reuses the grammar of ``--fail-if``
@@ -24,9 +26,7 @@ from dataclasses import Field, dataclass, fields, replace
 from typing import Any
 
 from ucan_cli.errors import InputError
-from ucan_cli.methods.params import option
-
-PANEL_GRADIENT = "Gradient methods"
+from ucan_cli.methods.params import PANEL_GRADIENT, option
 #: The metrics ``--until`` may name (all on the forget set).
 UNTIL_AT_K = ("recall", "mrr", "ndcg")
 UNTIL_PLAIN = ("ppl",)
@@ -150,8 +150,18 @@ def _integer(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-#: method name -> its parameters (the family's methods; the registry holds the methods themselves).
-PARAMS: dict[str, type] = {"ga": GAParams, "graddiff": GradDiffParams, "npo": NPOParams}
+def _others() -> dict[str, type]:
+    """The parameters of the methods that share this family's option machinery (``--lr``)."""
+    from ucan_cli.methods.negate.params import NegateParams
+    from ucan_cli.methods.retrain.params import RetrainParams
+
+    return {"retrain": RetrainParams, "negate": NegateParams}
+
+
+#: method name -> its parameters: the family's methods, then ``retrain`` (which shares ``--lr``,
+#: with its own default) and ``negate``, whose options are generated the same way (each field's
+#: ``OptionSpec`` names its panel: "Retraining", "Negation"). The registry holds the methods.
+PARAMS: dict[str, type] = {"ga": GAParams, "graddiff": GradDiffParams, "npo": NPOParams, **_others()}
 
 
 def option_fields() -> list[Field]:
