@@ -152,10 +152,13 @@ class GradientMethod(Method):
                 f"--until {target.text!r} already holds for the input adapter ({target.metric} = {checks[0][target.metric]:.4g}); "
                 "nothing written", {"checks": checks},
             )
+        from ucan_cli.runtime.models import model_device
+
+        device = model_device(model)  # batches are collated on the CPU; a GPU model needs them moved
         with or_null(inputs.progress)(f"{self.name} steps", params.steps) as advance:
             while step < params.steps:
-                fb = forget.next()
-                rb = retain.next() if retain is not None else None
+                fb = forget.next().to(device)
+                rb = retain.next().to(device) if retain is not None else None
                 loss = self.loss(inputs, fb, rb, params, state)
                 if not torch.isfinite(loss):
                     from ucan_cli.errors import UcanRuntimeError
@@ -233,11 +236,13 @@ class NPO(GradientMethod):
     def setup(self, inputs, params):
         """log p_orig(y|x) of every forget record under the input adapter (one forward each)."""
         from ucan_cli.io.tokenize import iter_batches
+        from ucan_cli.runtime.models import model_device
 
         reference = torch.zeros(len(inputs.forget), dtype=torch.float64)
         with torch.no_grad():
+            device = model_device(inputs.model)
             for batch in iter_batches(inputs.forget, inputs.batch_size, inputs.pad_id):
-                logp, _ = losses.response_log_probs(inputs.model, batch)
+                logp, _ = losses.response_log_probs(inputs.model, batch.to(device))
                 reference[batch.index] = logp.double().cpu()
         return reference, len(inputs.forget)
 
