@@ -66,7 +66,9 @@ def attenuate(
             "--method",
             help="Unlearning method: ucan (the default); random: U-CAN's budget (its factors) on as many randomly "
             "drawn live units, seeded by --seed, a control for the choice of units; ga, graddiff or npo: gradient "
-            "methods that train the LoRA weights on the forget set (options in the Gradient methods panel).",
+            "methods that train the LoRA weights on the forget set (options in the Gradient methods panel); "
+            "ucan-graddiff: GradDiff on the B rows of the units U-CAN's options select; prune: zero the output units "
+            "with the largest forget/retain Taylor importance (Pruning panel).",
             rich_help_panel=PANEL_METHOD,
         ),
     ] = "ucan",
@@ -107,6 +109,8 @@ def attenuate(
     --method random writes the control: the same budget on randomly drawn live units (same documents; the report and ledger name the method).
 
     --method ga, graddiff or npo trains the LoRA A and B instead (no statistics pass, no verdict): --steps steps of --batch-size forget records, or until --until holds on the forget set (checked every --check-every steps); the report's training block records the steps, the stop reason and the cost. --dry-run prints the cost estimate without loading the model.
+
+    --method ucan-graddiff runs U-CAN's statistics and selection (its options, its verdict: weak declines unless --accept-weak), then GradDiff on the lora_B rows of the selected units only. --method prune zeroes the B rows of the --prune-ratio share of live output units with the highest forget/retain Taylor importance |a dL/da| (one forward and backward per record).
 
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 

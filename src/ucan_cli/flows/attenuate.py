@@ -424,7 +424,7 @@ def _attenuate_model(
     from ucan_cli.io.ledger import check_repeat
     from ucan_cli.io.receipts import set_receipt
     from ucan_cli.methods.gradient.params import params_to_dict
-    from ucan_cli.methods.ucan.params import MethodParams
+    from ucan_cli.methods.ucan.params import FLAGS, MethodParams
 
     chosen, timings = common.chosen, common.timings
     clock = time.perf_counter()
@@ -432,7 +432,7 @@ def _attenuate_model(
     for flag, value in (("--scores", scores), ("--token-scope", token_scope), ("--halves", halves)):
         if value is not None:
             raise InputError(f"{flag}: not an option of --method {name} (it runs the model on the forget and retain sets)")
-    if accept_weak:
+    if accept_weak and not chosen.uses_contrast:
         raise InputError(f"--accept-weak: not an option of --method {name} (gradient methods make no contrast verdict)")
     missing = [flag for flag, value in (("--base", base), ("--forget", forget), ("--retain", retain)) if value is None]
     if missing:
@@ -441,6 +441,10 @@ def _attenuate_model(
         params = params.validate()
     else:
         given = dict(params or {})
+        for f in dc_fields(chosen.params_type):  # an option given clears the one it excludes (--tau clears --ratio)
+            excluded = f.metadata["option"].excludes if "option" in f.metadata else None
+            if f.name in given and excluded and excluded not in given:
+                given[excluded] = None
         params = chosen.params_type(**{f.name: given[f.name] for f in dc_fields(chosen.params_type) if f.name in given}).validate()
     forget_set = read_records(forget, "forget") if not hasattr(forget, "records") else forget
     receipt = set_receipt(key, forget_set.records)
@@ -453,7 +457,7 @@ def _attenuate_model(
     )
     common.warnings.extend(w for w in prep.warnings if w not in common.warnings)
     timings["inputs"] = timings.get("inputs", 0.0) + time.perf_counter() - clock
-    target = params.target
+    target = getattr(params, "target", None)  # prune has no --until
     target_k = int(target.metric.partition("@")[2]) if target is not None and "@" in target.metric else None
     estimate = chosen.estimate(params, n_forget=len(prep.forget), n_retain=len(prep.retain), batch_size=batch_size)
     if common.dry_run:
@@ -461,10 +465,23 @@ def _attenuate_model(
     else:
         with trainable_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
             timings["load"] = time.perf_counter() - clock - timings["inputs"]
-            inputs = model_inputs(model, prep, template=template, batch_size=batch_size, target_k=target_k, progress=progress)
+            cumulative = None
+            if chosen.uses_contrast:
+                from ucan_cli.methods.ucan.edit import units_per_module
+
+                cumulative = common.ledger.cumulative_vector(units_per_module(common.source, "output"), "output")
+            inputs = model_inputs(
+                model, prep, template=template, batch_size=batch_size, target_k=target_k, progress=progress,
+                contrast=chosen.uses_contrast, cumulative=cumulative, accept_weak=accept_weak,
+            )
             edit = chosen.run(common.source, inputs, params, seed=seed)
         for stage, seconds in edit.timings.items():
             timings[stage] = timings.get(stage, 0.0) + seconds
+        if edit.verdict.decline is not None:  # the gate let a weak verdict through: --accept-weak
+            common.warnings.append(
+                f"{edit.verdict.sentence}: edited anyway (--accept-weak, recorded in the report and ledger); the selected units "
+                "may be noise rather than the forget users' own: check the result with `ucan eval`"
+            )
         if edit.training and edit.training.get("stop_reason") == "budget":
             common.warnings.append(
                 f"--until {params.until!r} was not reached within --steps {params.steps}; the adapter is written as it stood at the last step"
@@ -474,12 +491,15 @@ def _attenuate_model(
     options = {"method": name, **params_to_dict(params), "template": template, "max_length": prep.max_length,
                "max_samples": max_samples, "retain_max_samples": retain_max_samples, "seed": seed, "batch_size": batch_size,
                "allow_overlap": allow_overlap}
+    contrast = {"accept_weak": bool(accept_weak)} if chosen.uses_contrast else {}
+    options.update(contrast)
     cli_values = {
         "base": str(base) if isinstance(base, (str, Path)) else None, "adapter": str(common.source.path), "forget": str(forget_set.path),
         "retain": str(prep.retain.path) if prep.retain.path else None, "method": name, **params_to_dict(params),
         "template": template, "max_length": max_length, "max_samples": max_samples, "retain_max_samples": retain_max_samples,
         "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype, "allow_overlap": allow_overlap,
         "receipt_key": receipt_key and str(receipt_key), "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code,
+        **contrast,
     }
     inputs_doc = {
         "base": cli_values["base"] or prep.meta["base"].get("id"),
@@ -494,15 +514,17 @@ def _attenuate_model(
         from ucan_cli.methods.base import Edit
         from ucan_cli.methods.gradient.method import VERDICT
 
-        edit = Edit(adapter=common.source, factors={}, changes=[], summary={"estimate": estimate}, verdict=VERDICT)
+        verdict_of = getattr(chosen, "dry_run_verdict", VERDICT)  # what the method says before it runs (prune's own)
+        edit = Edit(adapter=common.source, factors={}, changes=[], summary={"estimate": estimate}, verdict=verdict_of)
     training = {**(training or {}), "estimate": estimate}
     verdict = _verdict_doc(edit.verdict)
     return _finish(
-        common, options=options, cli_values=cli_values, flags={}, inputs=inputs_doc, receipt_doc=receipt_doc,
+        common, options=options, cli_values=cli_values, flags=FLAGS, inputs=inputs_doc, receipt_doc=receipt_doc,
         lineage=_lineage(common.ledger, common.head_ok), unit="output", verdict=verdict, edit=edit,
         totals=total_norms(edit.changes) if edit.changes else {}, receipt=receipt, receipt_fp=fingerprint,
         n_forget=forget_set.n_total, base_label=inputs_doc["base"], stats=None, training=training,
-        request={"kind": "gradient", "steps_run": (training or {}).get("steps_run")},
+        # a per-unit edit (prune's 0/1 factors) composes onto the lineage like U-CAN's; a trained one composes nothing
+        request=None if edit.factors else {"kind": "gradient", "steps_run": (training or {}).get("steps_run")},
     )
 
 

@@ -4,7 +4,10 @@
 adapter against the base's module tree, the tokenizer, the template; ``ucan_cli.flows.score.prepare``),
 and ``trainable_model`` then loads the base, attaches the input adapter and makes its LoRA
 parameters (and only those) require grad, in eval mode so that dropout never draws random
-numbers: equal seeds give equal bytes. ``measure`` is the ``probe`` and ``utility`` of
+numbers: equal seeds give equal bytes. For a method that ``uses_contrast`` (``ucan-graddiff``),
+``ModelInputs.statistics`` runs U-CAN's step 1 (``collect_statistics``) on the same loaded model,
+with the run's retain halves, and ``gate`` declines a weak verdict unless ``--accept-weak``.
+``measure`` is the ``probe`` and ``utility`` of
 ``ModelInputs``: one ``ucan eval`` pass (``ucan_cli.evaluation.run.run_set``) of the model as it
 is now over one set, its Recall/MRR/NDCG@{1,5,10,K}, token-mean response NLL and perplexity.
 """
@@ -54,8 +57,13 @@ def trainable_model(prep, *, device: str, dtype: str, allow_pickle: bool, trust_
                 parameter.requires_grad_(False)
 
 
-def model_inputs(model, prep, *, template: str, batch_size: int, target_k: int | None, progress=None) -> ModelInputs:
-    """``ModelInputs`` over a prepared run (``flows.score.prepare``) and its loaded model."""
+def model_inputs(
+    model, prep, *, template: str, batch_size: int, target_k: int | None, progress=None, contrast: bool = False,
+    cumulative=None, accept_weak: bool = False,
+) -> ModelInputs:
+    """``ModelInputs`` over a prepared run (``flows.score.prepare``) and its loaded model; with
+    ``contrast`` (a method that ``uses_contrast``) also the statistics pass, the lineage's
+    cumulative factors and the gate that declines a weak verdict unless ``accept_weak``."""
     from ucan_cli.io.tokenize import pad_token_id
 
     ks = tuple(sorted({*KS, *((target_k,) if target_k else ())}))
@@ -66,9 +74,24 @@ def model_inputs(model, prep, *, template: str, batch_size: int, target_k: int |
     def utility():
         return measure(model, prep.tokenizer, prep.retain, template=template, max_length=prep.max_length, batch_size=batch_size, ks=ks)
 
+    def statistics(unit: str = "output"):
+        from ucan_cli.methods.ucan.statistics import collect_statistics
+
+        return collect_statistics(
+            model, prep.adapter, prep.forget_encoded, prep.retain_encoded, halves=prep.halves, unit=unit, scope="response",
+            batch_size=batch_size, pad_id=pad_token_id(prep.tokenizer), progress=progress,
+        )
+
+    def gate(verdict) -> None:
+        from ucan_cli.errors import NothingToDo
+
+        if verdict.decline is not None and not accept_weak:
+            raise NothingToDo(verdict.decline)
+
     return ModelInputs(
         model=model, tokenizer=prep.tokenizer, forget=prep.forget_encoded, retain=prep.retain_encoded,
         pad_id=pad_token_id(prep.tokenizer), batch_size=batch_size, probe=probe, utility=utility, progress=progress,
+        statistics=statistics if contrast else None, cumulative=cumulative if contrast else None, gate=gate if contrast else None,
     )
 
 

@@ -11,11 +11,13 @@ depends on its ``statistics`` kind:
   with U-CAN's step-1 per-unit activation statistics (``ucan_cli.methods.ucan.statistics.Statistics``,
   from a forward pass or a score file) and the lineage's cumulative factor per unit (flat, module
   order, then unit index; None for an adapter never attenuated; the floor rule reads it);
-* ``MODEL`` (the gradient family): ``run(source, inputs, params, *, seed)`` with a ``ModelInputs``:
-  the base model with the input adapter attached and its LoRA parameters trainable, the tokenizer,
-  the forget and retain sets tokenized, and the flow's measurements (``probe``: forget-set ranking
-  metrics of the model as it is now; ``utility``: the same on the retain set). No statistics pass
-  runs for such a method, and it declares no verdict the flow could decline on.
+* ``MODEL`` (the gradient family, pruning): ``run(source, inputs, params, *, seed)`` with a
+  ``ModelInputs``: the base model with the input adapter attached and its LoRA parameters
+  trainable, the tokenizer, the forget and retain sets tokenized, and the flow's measurements
+  (``probe``: forget-set ranking metrics of the model as it is now; ``utility``: the same on the
+  retain set). No statistics pass runs unless the method asks for one: a method with
+  ``uses_contrast`` (``ucan-graddiff``) gets ``inputs.statistics()``, the lineage's cumulative
+  factors and ``inputs.gate``, through which the flow declines a weak verdict.
 
 In both, ``source`` is the input adapter (``ucan_cli.io.adapter.LoraAdapter``, never modified),
 ``params`` an instance of its ``params_type`` (a frozen dataclass whose fields carry their
@@ -23,15 +25,15 @@ In both, ``source`` is the input adapter (``ucan_cli.io.adapter.LoraAdapter``, n
 (equal seeds, equal bytes).
 
 It returns an ``Edit``: the edited adapter, per-unit factors (the ledger composes them onto the
-lineage; a model method returns none: its edit is not a per-unit scaling, and the lineage's
-factors are carried unchanged), one ``ModuleChange`` per module, a JSON-safe summary, a
+lineage; a training method returns none: its edit is not a per-unit scaling, and the lineage's
+factors are carried unchanged; ``prune``, a model method whose edit is per-unit, returns its 0/1
+factors like U-CAN), one ``ModuleChange`` per module, a JSON-safe summary, a
 ``Verdict`` and, for a model method, ``training`` (what ran: steps, stop reason, cost). The flow
 then declines, writes and records; the method's name goes into the report and the ledger entry
 (``options.method``).
 
-Methods planned next fit the same two calls: ``retrain`` and ``prune`` are ``MODEL`` methods
-(retraining adds a training set to ``ModelInputs``; pruning reads gradients of activations off the
-model), ``negate`` is an ``ACTIVATIONS``-free edit of the adapter alone (a third kind, ``NONE``,
+Methods planned next fit the same two calls: ``retrain`` is a ``MODEL`` method (retraining adds a
+training set to ``ModelInputs``), ``negate`` is an ``ACTIVATIONS``-free edit of the adapter alone (a third kind, ``NONE``,
 when it lands).
 """
 
@@ -70,6 +72,15 @@ class ModelInputs:
             it cost). The target of ``--until`` reads it.
         utility: ``utility()`` -> the same on the retain set (measured at the stop).
         progress: a progress factory, or None.
+        statistics: ``statistics(unit)`` -> U-CAN's step-1 ``Statistics`` of the attached adapter
+            (forget, retain and the retain halves, response scope; one forward over forget + retain),
+            for a method with ``uses_contrast``; None otherwise.
+        cumulative: the lineage's cumulative output-unit factors (flat, module order), or None:
+            what a method that starts from U-CAN's selection passes as ``cumulative`` (floor rule).
+        gate: ``gate(verdict)``: returns when the flow lets the method go on, raises
+            ``NothingToDo`` with ``verdict.decline`` when the verdict declines and the user did
+            not pass ``--accept-weak``. A method with ``uses_contrast`` calls it before any costly
+            work.
     """
 
     model: Any
@@ -81,6 +92,9 @@ class ModelInputs:
     probe: Any = None
     utility: Any = None
     progress: Any = None
+    statistics: Any = None
+    cumulative: Any = None
+    gate: Any = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,8 @@ class Method(ABC):
         description: what the edit did, finishing the model card's sentence about the edit.
         params_type: the dataclass of its parameters.
         statistics: what it needs: ``ACTIVATIONS`` (``edit`` is called) or ``MODEL`` (``run``).
+        uses_contrast: a ``MODEL`` method that starts from U-CAN's contrast: the flow gives it
+            ``ModelInputs.statistics``, ``cumulative`` and ``gate``, and accepts ``--accept-weak``.
 
     A subclass implements the call of its kind; the other one raises ``NotImplementedError``.
     """
@@ -150,6 +166,7 @@ class Method(ABC):
     description: ClassVar[str]
     params_type: ClassVar[type]
     statistics: ClassVar[str] = ACTIVATIONS
+    uses_contrast: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

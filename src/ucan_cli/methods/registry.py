@@ -21,6 +21,8 @@ BUILTIN: dict[str, str] = {
     "ga": "ucan_cli.methods.gradient.method:GradientAscent",
     "graddiff": "ucan_cli.methods.gradient.method:GradDiff",
     "npo": "ucan_cli.methods.gradient.method:NPO",
+    "ucan-graddiff": "ucan_cli.methods.gradient.localized:ContrastGradDiff",
+    "prune": "ucan_cli.methods.prune.method:Prune",
 }
 
 DEFAULT = "ucan"

@@ -86,7 +86,7 @@ def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     s, t = doc["summary"], doc["totals"]
     if "training" in doc:
-        return _training_headline(doc)
+        return _pruning_headline(doc) if "pruned" in s else _training_headline(doc)
     floor = doc["options"].get("floor", 0.0)
     return [
         ("unit", doc["unit"]),
@@ -112,10 +112,8 @@ def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     est = tr.get("estimate") or {}
     rows = [("method", doc["options"].get("method", "?"))]
     if "steps_run" not in tr:  # a dry run: the estimate only
-        return rows + [
-            ("steps (at most)", fmt(est.get("steps_at_most"))),
-            ("estimated cost (forward-pass equivalents)", fmt(est.get("forward_equivalents"))),
-        ]
+        steps = [("steps (at most)", fmt(est["steps_at_most"]))] if "steps_at_most" in est else []
+        return rows + steps + [("estimated cost (forward-pass equivalents)", fmt(est.get("forward_equivalents")))]
     cost = tr["cost"]
     rows += [
         ("steps run / budget", f"{fmt(tr['steps_run'])} / {fmt(tr['steps_budget'])}"),
@@ -142,6 +140,23 @@ def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _pruning_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``prune``'s headline: how many units it zeroed, ranked how, what the importance passes cost."""
+    from ucan_cli.report import fmt
+
+    s, t, tr = doc["summary"], doc["totals"], doc["training"]
+    return [
+        ("method", f"{doc['options'].get('method', '?')} (score: {tr.get('score')})"),
+        ("units (live / total)", f"{fmt(s['n_live'])} / {fmt(s['n_units'])}"),
+        ("pruned (factor 0)", fmt(s["n_attenuated"])),
+        ("cost (forward-pass equivalents)", fmt(tr["cost"]["forward_equivalents"])),
+        ("cost (seconds)", fmt(tr["cost"]["seconds"])),
+        ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
+        ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
+        ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+    ]
+
+
 def _edited_modules(doc: Mapping[str, Any], limit: int | None) -> tuple[list[dict], int]:
     edited = [m for m in doc["modules"] if m["n_edited"]]
     edited.sort(key=lambda m: -m["rel_delta"])
@@ -155,7 +170,8 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
 
     from ucan_cli.report import fmt
 
-    what = "U-CAN attenuation" if "training" not in doc else f"{doc['options'].get('method')} (gradient method)"
+    kind = "pruning" if "pruned" in doc["summary"] else "gradient method"
+    what = "U-CAN attenuation" if "training" not in doc else f"{doc['options'].get('method')} ({kind})"
     title = f"{what} (dry run: nothing written)" if doc["dry_run"] else f"{what} -> {doc['output']['path']}"
     summary = Table(title=title, title_justify="left", show_header=False)
     summary.add_column("what")

@@ -32,12 +32,14 @@ def model_card(doc: Mapping[str, Any], *, base_model: str | None) -> str:
     method = get_method(doc["options"].get("method", "ucan"))  # reports before --method were U-CAN's
     s = doc["summary"]
     inputs, out, receipt = doc["inputs"], doc["output"] or {}, doc["receipt"]
-    if "training" in doc:  # a gradient method: A and B were trained
+    if "training" in doc and "steps_run" in doc["training"]:  # a gradient method: A and B were trained
         tr = doc["training"]
+        trained = (tr.get("restriction") or {}).get("trains")
+        changed = f"only the {trained} changed" if trained else "lora_A and lora_B of every module changed"
         what = (
             f"This adapter is a copy of the input adapter whose LoRA weights ucan changed by {tr.get('steps_run')} steps of "
             f"{method.pretty_name}: {method.description} (stopped by {tr.get('stop_reason')}). The adapter config is "
-            "byte-identical and every tensor keeps its name, shape and dtype; lora_A and lora_B of every module changed."
+            f"byte-identical and every tensor keeps its name, shape and dtype; {changed}."
         )
         effect = "It makes the forget set's responses less likely"
     else:

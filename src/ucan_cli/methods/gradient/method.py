@@ -101,6 +101,15 @@ class GradientMethod(Method):
         """Anything computed once before the first step, and its forward-pass equivalents."""
         return None, 0
 
+    def restrict(self, source, inputs: ModelInputs, params):
+        """Before the optimizer is built: limit what trains, or None (every LoRA parameter trains).
+
+        A restriction (``ucan_cli.methods.gradient.localized.Restriction``) has ``cost``
+        (forward-pass equivalents), ``verdict``, ``summary`` and ``record`` (for the report),
+        ``tensors(source, trained)`` (the tensors to write) and ``close()`` (removes its hooks).
+        """
+        return None
+
     def loss(self, inputs: ModelInputs, forget_batch, retain_batch, params, state) -> torch.Tensor:
         raise NotImplementedError
 
@@ -118,15 +127,25 @@ class GradientMethod(Method):
         }
 
     def run(self, source, inputs: ModelInputs, params, *, seed: int = 0) -> Edit:
+        t0 = time.perf_counter()
+        restriction = self.restrict(source, inputs, params)
+        try:
+            return self._train(source, inputs, params, seed, restriction, t0)
+        finally:
+            if restriction is not None:
+                restriction.close()
+
+    def _train(self, source, inputs: ModelInputs, params, seed: int, restriction, t0: float) -> Edit:
         from ucan_cli.progress import or_null
 
-        t0 = time.perf_counter()
         model = inputs.model
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=0.0)
         forget = _Batches(inputs.forget, inputs.batch_size, inputs.pad_id, seed, 0)
         retain = _Batches(inputs.retain, inputs.batch_size, inputs.pad_id, seed, 1) if self.uses_retain else None
         state, cost_setup = self.setup(inputs, params)
+        if restriction is not None:
+            cost_setup += restriction.cost
         target = params.target
         cost = {"train": 0, "setup": cost_setup, "checks": 0}
         checks: list[dict[str, Any]] = []
@@ -185,15 +204,22 @@ class GradientMethod(Method):
         train_s = time.perf_counter() - t0
         record["cost"] = {"forward_equivalents": sum(cost.values()), **cost, "seconds": train_s}
 
-        edited = source.with_tensors(trained_tensors(model, source))
+        tensors = trained_tensors(model, source)
+        if restriction is not None:
+            tensors = restriction.tensors(source, tensors)
+            record["restriction"] = restriction.record
+        edited = source.with_tensors(tensors)
         changes = dense_changes(source, edited)
         n_units = sum(c.n_units for c in changes)
         summary = {
             "k": 0, "n_attenuated": 0, "n_at_most_half": 0, "budget_sum_1_minus_s": 0.0, "n_units": n_units,
             "n_live": n_units, "n_units_moved": sum(c.n_edited for c in changes), "steps_run": step, "stop_reason": stop,
         }
+        if restriction is not None:
+            summary.update(restriction.summary)
         return Edit(
-            adapter=edited, factors={}, changes=changes, summary=summary, verdict=VERDICT, result=record,
+            adapter=edited, factors={}, changes=changes, summary=summary,
+            verdict=VERDICT if restriction is None else restriction.verdict, result=record,
             timings={"train": train_s}, training=record,
         )
 

@@ -142,6 +142,52 @@ class NPOParams(GAParams):
         return self
 
 
+def _ucan_option(name: str) -> Any:
+    """U-CAN's own field ``name`` (default and ``OptionSpec``): the option is U-CAN's flag, shown in
+    U-CAN's panel, not a second declaration."""
+    from dataclasses import field
+
+    from ucan_cli.methods.ucan.params import MethodParams
+
+    declared = next(f for f in fields(MethodParams) if f.name == name)
+    return field(default=declared.default, metadata=declared.metadata)
+
+
+#: U-CAN's options that ``ucan-graddiff`` takes to select its units (all of steps 2-5 but ``--unit``:
+#: the mask is on output units, the rows of B).
+SELECTION = ("lam", "t_risk", "min_gap", "ratio", "tau", "decay", "sharpness", "floor", "no_contrast", "no_utility")
+
+
+@dataclass(frozen=True)
+class UCanGradDiffParams(GradDiffParams):
+    """GradDiff on the lora_B rows of the output units U-CAN selects with its own options (U-CAN's
+    defaults; lr 0.005 x 30 steps measured on the seed-0 group world, docs/methods.md)."""
+
+    lr: float = _opt(0.005, "--lr", "Learning rate (AdamW on the LoRA parameters only).", min=0.0)
+    steps: int = _opt(30, "--steps", "Step budget.", min=1)
+    lam: float = _ucan_option("lam")
+    t_risk: float = _ucan_option("t_risk")
+    min_gap: float = _ucan_option("min_gap")
+    ratio: float | None = _ucan_option("ratio")
+    tau: float | None = _ucan_option("tau")
+    decay: str = _ucan_option("decay")
+    sharpness: float = _ucan_option("sharpness")
+    floor: float = _ucan_option("floor")
+    no_contrast: bool = _ucan_option("no_contrast")
+    no_utility: bool = _ucan_option("no_utility")
+
+    def validate(self):
+        super().validate()
+        self.selection()
+        return self
+
+    def selection(self):
+        """U-CAN's parameters of the selection (output units), validated."""
+        from ucan_cli.methods.ucan.params import MethodParams
+
+        return MethodParams(unit="output", **{name: getattr(self, name) for name in SELECTION}).validate()
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -150,16 +196,31 @@ def _integer(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-#: method name -> its parameters (the family's methods; the registry holds the methods themselves).
-PARAMS: dict[str, type] = {"ga": GAParams, "graddiff": GradDiffParams, "npo": NPOParams}
+def _prune_params() -> type:
+    from ucan_cli.methods.prune.params import PruneParams
+
+    return PruneParams
+
+
+#: method name -> its parameters, for every model method whose options this module's panels
+#: generate (the registry holds the methods themselves): the gradient family, ``ucan-graddiff``
+#: and ``prune`` (its options in their own panel, ``methods/prune/params.py``).
+PARAMS: dict[str, type] = {
+    "ga": GAParams, "graddiff": GradDiffParams, "npo": NPOParams, "ucan-graddiff": UCanGradDiffParams, "prune": _prune_params(),
+}
 
 
 def option_fields() -> list[Field]:
-    """Every option of the family once, in declaration order (the first declaration of a name)."""
+    """Every option of the family once, in declaration order (the first declaration of a name);
+    U-CAN's own options (``ucan-graddiff`` takes some) are left to U-CAN's panel."""
+    from ucan_cli.methods.ucan.params import option_fields as ucan_fields
+
+    ucan = {f.name for f in ucan_fields()}
     seen: dict[str, Field] = {}
     for params_type in PARAMS.values():
         for f in fields(params_type):
-            seen.setdefault(f.name, f)
+            if f.name not in ucan:
+                seen.setdefault(f.name, f)
     return list(seen.values())
 
 
@@ -197,6 +258,6 @@ def params_to_dict(params) -> dict[str, Any]:
 
 
 __all__ = [
-    "GAParams", "GradDiffParams", "NPOParams", "PANEL_GRADIENT", "PARAMS", "Target", "option_fields", "option_help",
+    "GAParams", "GradDiffParams", "NPOParams", "SELECTION", "UCanGradDiffParams", "PANEL_GRADIENT", "PARAMS", "Target", "option_fields", "option_help",
     "params_from_options", "params_to_dict", "parse_until",
 ]
