@@ -6,8 +6,10 @@ Activation methods (``ucan``, the default, and the ``random`` control) edit B fr
 statistics, which come from a fresh forward pass (``ucan_cli.flows.score.score``) or from a score
 file (``scores=``, no model loads), with the resolved parameters and the lineage's cumulative
 factors (the floor rule); a verdict the method calls weak declines unless ``accept_weak``. Model
-methods (``ga``, ``graddiff``, ``npo``) train the adapter's LoRA parameters on the tokenized sets
-(``ucan_cli.flows.model_inputs``); the lineage's factors carry over unchanged. Everything is written to a temporary directory renamed
+methods run on the loaded model and the tokenized sets (``ucan_cli.flows.model_inputs``): ``ga``,
+``graddiff``, ``npo`` and ``ucan-graddiff`` train the adapter's LoRA parameters (the lineage's
+factors carry over unchanged; ``ucan-graddiff`` first runs U-CAN's statistics and verdict, which
+declines as above), ``prune`` returns per-unit factors that the ledger composes like U-CAN's. Everything is written to a temporary directory renamed
 into place: the adapter (config byte for byte, same tensor names,
 dtypes and metadata, no timestamps, so equal inputs give byte-identical weights), README.md (the
 model card), ``ucan_report.json`` / ``ucan_report.md``, ``ucan_config.toml`` and

@@ -170,7 +170,7 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
 
     from ucan_cli.report import fmt
 
-    kind = "pruning" if "pruned" in doc["summary"] else "gradient method"
+    kind = "pruning" if "prune_score" in doc["options"] else "gradient method"
     what = "U-CAN attenuation" if "training" not in doc else f"{doc['options'].get('method')} ({kind})"
     title = f"{what} (dry run: nothing written)" if doc["dry_run"] else f"{what} -> {doc['output']['path']}"
     summary = Table(title=title, title_justify="left", show_header=False)
