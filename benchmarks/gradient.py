@@ -10,6 +10,7 @@ statistics pass over forget + retain).
     python benchmarks/gradient.py                          # the defaults
     python benchmarks/gradient.py --grid                   # a small grid around them
     python benchmarks/gradient.py --seed 1 --scenario group
+    python benchmarks/gradient.py --prune --seed 1         # also prune (docs/methods.md, "Pruning")
     python benchmarks/gradient.py --quick                  # one step each, for CI smoke runs
 """
 
@@ -26,29 +27,38 @@ GRID = [
     ("graddiff", "graddiff", {"lr": 0.001, "steps": 20}), ("graddiff", "graddiff", {"lr": 0.002, "steps": 20}),
     ("npo", "npo", {"lr": 0.003, "steps": 2}), ("npo", "npo", {"lr": 0.003, "steps": 8}), ("npo", "npo", {"lr": 0.001, "steps": 10}),
 ]
+#: ``prune``'s rows of docs/methods.md: the default, a smaller ratio, and the non-selective ranking.
+PRUNE = [("prune", "prune", {}), ("prune", "prune", {"prune_ratio": 0.02}), ("prune, forget only", "prune", {"prune_score": "forget"})]
 METRICS = [("forget.recall@5", "forget R@5"), ("forget.recall@1", "forget R@1"), ("retain.ndcg@10", "retain NDCG@10"),
            ("privacy.mia_auc", "MIA AUC"), ("forget.kl", "forget KL"), ("retain.kl", "retain KL")]
 
 
 def main() -> None:
     from ucan_cli.demo.cache import ensure_world
-    from ucan_cli.flows.attenuate import attenuate
-    from ucan_cli.flows.evaluate import evaluate
-    from ucan_cli.errors import NothingToDo
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenario", default="group")
     parser.add_argument("--grid", action="store_true")
+    parser.add_argument("--prune", action="store_true", help="also run prune (default, ratio 0.02, forget-only ranking)")
     parser.add_argument("--quick", action="store_true", help="one training step per gradient method (a smoke run)")
     parser.add_argument("--until", default=None, help="also run each gradient method with this --until target")
     args = parser.parse_args()
     world, _ = ensure_world(args.seed, args.scenario, "default")
-    configs = DEFAULTS + (GRID if args.grid else [])
+    configs = DEFAULTS + (GRID if args.grid else []) + (PRUNE if args.prune else [])
     if args.quick:
         configs = [(label, method, {} if method == "ucan" else {"steps": 1}) for label, method, _ in DEFAULTS]
     if args.until:
         configs += [(f"{m} until", m, {"until": args.until, "steps": 200}) for m in ("ga", "graddiff", "npo")]
+    print_table(*measure(world, configs))
+
+
+def measure(world: Path, configs: list[tuple[str, str, dict]]) -> tuple[list[dict], dict]:
+    """Run every (label, method, params) on ``world`` (batch 32, seed 0), then one ``evaluate`` over
+    every output: the rows (cost, seconds, steps, METRICS) and the original's and reference's values."""
+    from ucan_cli.errors import NothingToDo
+    from ucan_cli.flows.attenuate import attenuate
+    from ucan_cli.flows.evaluate import evaluate
     from ucan_cli.io.data import read_records
 
     n_stats_pass = sum(len(read_records(world / f"{name}.jsonl", name).records) for name in ("forget", "retain"))
@@ -70,7 +80,7 @@ def main() -> None:
             seconds = time.perf_counter() - t
             tr = run.report.get("training")
             cost = tr["cost"]["forward_equivalents"] if tr else run.report["inputs"]["forget"]["n_records"] + run.report["inputs"]["retain"]["n_records"]
-            steps = tr["steps_run"] if tr else None
+            steps = tr.get("steps_run") if tr else None
             rows.append({"label": label, "params": params, "cost": cost, "seconds": seconds, "steps": steps})
             dirs.append(out)
         result = evaluate(str(world / "base"), world / "original", dirs, world / "forget.jsonl", world / "retain.jsonl",
@@ -78,6 +88,12 @@ def main() -> None:
         for row, adapter_id in zip(rows, result.unlearned_ids):
             row.update({path: result.value(adapter_id, path) for path, _ in METRICS})
         anchors = {a: {path: result.value(a, path) for path, _ in METRICS} for a in ("original", "reference")}
+    return rows, {"anchors": anchors, "n_stats_pass": n_stats_pass}
+
+
+def print_table(rows: list[dict], extra: dict) -> None:
+    """The Markdown table of docs/methods.md; cost also as a multiple of U-CAN's statistics pass."""
+    anchors, n_stats_pass = extra["anchors"], extra["n_stats_pass"]
     # U-CAN's cost is its statistics pass over forget + retain, also when it declined the request.
     ucan_cost = next((r["cost"] for r in rows if r["label"] == "U-CAN defaults"), None) or n_stats_pass
     print("| method | config | " + " | ".join(h for _, h in METRICS) + " | cost (fwd-eq) | x U-CAN | seconds |")

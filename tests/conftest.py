@@ -134,3 +134,14 @@ def pytest_sessionfinish(session, exitstatus):
         for nodeid in _skipped_movielens[:10]:
             print(f"  {nodeid}")
         session.exitstatus = 1
+
+
+def forget_retain_world(root: Path, tiny_models, adapters, key: str = "k" * 32) -> dict:
+    """The tiny Llama world of the model-method tests: base, adapter, a receipt key, 12 forget and
+    24 retain records (disjoint users, one distribution)."""
+    (root / "key").write_text(key)
+    return {
+        "base": tiny_models["llama"], "adapter": adapters["llama"], "key": root / "key", "root": root,
+        "forget": write_jsonl(root / "forget.jsonl", make_records(12, seed=5)),
+        "retain": write_jsonl(root / "retain.jsonl", make_records(24, seed=6, user_offset=100)),
+    }

@@ -78,7 +78,8 @@ def attenuate(
             "drawn live units, seeded by --seed, a control for the choice of units; ga, graddiff or npo: gradient "
             "methods that train the LoRA weights on the forget set (options in the Gradient methods panel); retrain: "
             "a fresh LoRA with the adapter's config trained on --train without the forget users (the reference); "
-            "negate: dW' = -scale x dW, the whole adapter's update turned around (a non-selective baseline; no model).",
+            "negate: dW' = -scale x dW, the whole adapter's update turned around (a non-selective baseline; no model); "
+            "prune: zero the output units with the largest forget/retain Taylor importance (Pruning panel).",
             rich_help_panel=PANEL_METHOD,
         ),
     ] = "ucan",
@@ -120,7 +121,7 @@ def attenuate(
 
     --method ga, graddiff or npo trains the LoRA A and B instead (no statistics pass, no verdict): --steps steps of --batch-size forget records, or until --until holds on the forget set (checked every --check-every steps); the report's training block records the steps, the stop reason and the cost. --dry-run prints the cost estimate without loading the model.
 
---method retrain --train FILE re-initialises the adapter's LoRA weights (same config) and trains them for --epochs on FILE without any forget user's record: the reference every method approximates, and what to do when score's verdict is noise. --method negate multiplies every lora_B (and lora bias) by -scale: no model loads, no --base or --retain; the forget file only supplies the receipt.
+--method retrain --train FILE re-initialises the adapter's LoRA weights (same config) and trains them for --epochs on FILE without any forget user's record: the reference every method approximates, and what to do when score's verdict is noise. --method negate multiplies every lora_B (and lora bias) by -scale: no model loads, no --base or --retain; the forget file only supplies the receipt. --method prune zeroes the B rows of the --prune-ratio share of live output units with the highest forget/retain Taylor importance |a dL/da| (one forward and backward per record).
 
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 

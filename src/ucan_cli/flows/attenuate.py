@@ -6,9 +6,10 @@ Activation methods (``ucan``, the default, and the ``random`` control) edit B fr
 statistics, which come from a fresh forward pass (``ucan_cli.flows.score.score``) or from a score
 file (``scores=``, no model loads), with the resolved parameters and the lineage's cumulative
 factors (the floor rule); a verdict the method calls weak declines unless ``accept_weak``. Model
-methods (``ga``, ``graddiff``, ``npo``) train the adapter's LoRA parameters on the tokenized sets
-(``ucan_cli.flows.model_inputs``); the lineage's factors carry over unchanged. ``retrain`` is a
-model method that also reads ``train=`` (``--train``): every forget user's record is removed
+methods run on the loaded model and the tokenized sets (``ucan_cli.flows.model_inputs``): ``ga``,
+``graddiff`` and ``npo`` train the adapter's LoRA parameters (the lineage's factors carry over
+unchanged); ``prune`` returns per-unit factors that the ledger composes like U-CAN's. ``retrain``
+is a model method that also reads ``train=`` (``--train``): every forget user's record is removed
 from it (``ucan_cli.methods.retrain.removal``) before anything is tokenized, the kept records
 are handed to the method tokenized, the counts go into the report's ``training.train_records``,
 and, its weights being fresh, the lineage's factors restart. Adapter methods (``negate``) edit
@@ -440,6 +441,10 @@ def _method_params(chosen, params):
     if isinstance(params, chosen.params_type):
         return params.validate()
     given = dict(params or {})
+    for f in dc_fields(chosen.params_type):  # an option given clears the one it excludes (--prune-count clears --prune-ratio)
+        excluded = f.metadata["option"].excludes if "option" in f.metadata else None
+        if f.name in given and excluded and excluded not in given:
+            given[excluded] = None
     return chosen.params_type(**{f.name: given[f.name] for f in dc_fields(chosen.params_type) if f.name in given}).validate()
 
 
@@ -555,9 +560,8 @@ def _attenuate_model(
     if edit is None:  # dry run: the cost estimate, no model loaded
         from ucan_cli.methods.base import Edit
         from ucan_cli.methods.gradient.method import VERDICT
-        from ucan_cli.methods.retrain.method import VERDICT as RETRAIN_VERDICT
 
-        verdict_of = RETRAIN_VERDICT if chosen.takes_train else VERDICT
+        verdict_of = chosen.dry_run_verdict or VERDICT  # what the method says before it runs
         edit = Edit(adapter=common.source, factors={}, changes=[], summary={"estimate": estimate}, verdict=verdict_of)
     training = {**(training or {}), "estimate": estimate, **({"train_records": removal.to_dict()} if removal else {})}
     verdict = _verdict_doc(edit.verdict)
@@ -566,7 +570,10 @@ def _attenuate_model(
         lineage=_lineage(common.ledger, common.head_ok), unit="output", verdict=verdict, edit=edit,
         totals=total_norms(edit.changes) if edit.changes else {}, receipt=receipt, receipt_fp=fingerprint,
         n_forget=forget_set.n_total, base_label=inputs_doc["base"], stats=None, training=training,
-        request={"kind": "retrain" if chosen.fresh_adapter else "gradient", "steps_run": (training or {}).get("steps_run")},
+        # a per-unit edit (prune's 0/1 factors) composes onto the lineage like U-CAN's; a trained one composes nothing
+        request=None if edit.factors else {
+            "kind": "retrain" if chosen.fresh_adapter else "gradient", "steps_run": (training or {}).get("steps_run"),
+        },
         fresh=chosen.fresh_adapter, disclaimer=_disclaimer(chosen),
     )
 

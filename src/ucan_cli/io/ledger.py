@@ -12,8 +12,9 @@ no spaces, ASCII, no NaN) with:
   it);
 * ``forget_set_hmac`` (HMAC-SHA256 of the sorted forget-record identities), ``receipt_key_fingerprint``
   and ``n_forget_records``: never forget text or raw ids;
-* ``request``: what this request changed (``n_edited``, ``sum_1_minus_s``); an edit by a gradient
-  method (``ga``, ``graddiff``, ``npo``) adds ``kind: "gradient"`` and ``steps_run``, with
+* ``request``: what this request changed (``n_edited``, ``sum_1_minus_s``); ``prune`` writes its 0/1
+  factors like U-CAN; an edit by a gradient method (``ga``, ``graddiff``, ``npo``)
+  adds ``kind: "gradient"`` and ``steps_run``, with
   ``n_edited`` 0: it changes A and B everywhere, not per-unit factors, so it composes nothing and
   the cumulative factors below are carried unchanged (they remain the record of the lineage's
   U-CAN edits, and the floor rule of a later U-CAN request still reads them); ``negate`` adds

@@ -11,13 +11,13 @@ depends on its ``statistics`` kind:
   with U-CAN's step-1 per-unit activation statistics (``ucan_cli.methods.ucan.statistics.Statistics``,
   from a forward pass or a score file) and the lineage's cumulative factor per unit (flat, module
   order, then unit index; None for an adapter never attenuated; the floor rule reads it);
-* ``MODEL`` (the gradient family): ``run(source, inputs, params, *, seed)`` with a ``ModelInputs``:
-  the base model with the input adapter attached and its LoRA parameters trainable, the tokenizer,
-  the forget and retain sets tokenized, and the flow's measurements (``probe``: forget-set ranking
-  metrics of the model as it is now; ``utility``: the same on the retain set; for a method that
-  ``takes_train`` (``retrain``), ``train``: the training file's records tokenized, those of the
-  forget users already removed). No statistics pass runs for such a method, and it declares no
-  verdict the flow could decline on;
+* ``MODEL`` (the gradient family, ``retrain``, ``prune``): ``run(source, inputs, params, *, seed)``
+  with a ``ModelInputs``: the base model with the input adapter attached and its LoRA parameters
+  trainable, the tokenizer, the forget and retain sets tokenized, and the flow's measurements
+  (``probe``: forget-set ranking metrics of the model as it is now; ``utility``: the same on the
+  retain set; for a method that ``takes_train`` (``retrain``), ``train``: the training file's
+  records tokenized, those of the forget users already removed). No statistics pass runs for such
+  a method, and it declares no verdict the flow could decline on;
 * ``ADAPTER`` (``negate``): ``apply(source, params, *, seed)`` with nothing but the adapter: no
   model loads and no statistics are computed (the forget file is still read, for the ledger's
   receipt of the request).
@@ -28,8 +28,9 @@ In every kind, ``source`` is the input adapter (``ucan_cli.io.adapter.LoraAdapte
 (equal seeds, equal bytes).
 
 It returns an ``Edit``: the edited adapter, per-unit factors (the ledger composes them onto the
-lineage; a model or adapter method returns none: its edit is not a per-unit scaling, and the
-lineage's factors are carried unchanged, or restart for a ``fresh_adapter`` method), one ``ModuleChange`` per module, a JSON-safe summary, a
+lineage; a training method returns none: its edit is not a per-unit scaling, and the lineage's
+factors are carried unchanged, or restart for a ``fresh_adapter`` method; ``prune``, a model
+method whose edit is per-unit, returns its 0/1 factors like U-CAN), one ``ModuleChange`` per module, a JSON-safe summary, a
 ``Verdict`` and, for a model method, ``training`` (what ran: steps, stop reason, cost). The flow
 then declines, writes and records; the method's name goes into the report and the ledger entry
 (``options.method``).
@@ -155,6 +156,8 @@ class Method(ABC):
             flow refuses ``--train`` for every other method.
         fresh_adapter: the edit replaces every LoRA weight by newly trained ones, so the lineage's
             cumulative per-unit factors restart (the ledger entry lists none).
+        dry_run_verdict: what a ``MODEL`` method's ``--dry-run`` report says of its verdict (it has
+            not run); None: the gradient family's sentence.
 
     A subclass implements the call of its kind; the others raise ``NotImplementedError``.
     """
@@ -167,6 +170,7 @@ class Method(ABC):
     statistics: ClassVar[str] = ACTIVATIONS
     takes_train: ClassVar[bool] = False
     fresh_adapter: ClassVar[bool] = False
+    dry_run_verdict: ClassVar[Verdict | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

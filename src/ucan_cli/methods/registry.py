@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "npo": "ucan_cli.methods.gradient.method:NPO",
     "retrain": "ucan_cli.methods.retrain.method:Retrain",
     "negate": "ucan_cli.methods.negate.method:Negate",
+    "prune": "ucan_cli.methods.prune.method:Prune",
 }
 
 DEFAULT = "ucan"

@@ -100,7 +100,7 @@ def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     s, t = doc["summary"], doc["totals"]
     if "training" in doc:
-        return _training_headline(doc)
+        return _pruning_headline(doc) if "pruned" in doc["summary"] else _training_headline(doc)
     if is_negation(doc):
         return _negation_headline(doc)
     floor = doc["options"].get("floor", 0.0)
@@ -148,10 +148,8 @@ def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     est = tr.get("estimate") or {}
     rows = [("method", doc["options"].get("method", "?"))]
     if "steps_run" not in tr:  # a dry run: the estimate only
-        return rows + [
-            ("steps (at most)", fmt(est.get("steps_at_most"))),
-            ("estimated cost (forward-pass equivalents)", fmt(est.get("forward_equivalents"))),
-        ]
+        steps = [("steps (at most)", fmt(est["steps_at_most"]))] if "steps_at_most" in est else []
+        return rows + steps + [("estimated cost (forward-pass equivalents)", fmt(est.get("forward_equivalents")))]
     cost = tr["cost"]
     rows += [
         ("steps run / budget", f"{fmt(tr['steps_run'])} / {fmt(tr['steps_budget'])}"),
@@ -178,6 +176,23 @@ def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _pruning_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``prune``'s headline: how many units it zeroed, ranked how, what the importance passes cost."""
+    from ucan_cli.report import fmt
+
+    s, t, tr = doc["summary"], doc["totals"], doc["training"]
+    return [
+        ("method", f"{doc['options'].get('method', '?')} (score: {tr.get('score')})"),
+        ("units (live / total)", f"{fmt(s['n_live'])} / {fmt(s['n_units'])}"),
+        ("pruned (factor 0)", fmt(s["n_attenuated"])),
+        ("cost (forward-pass equivalents)", fmt(tr["cost"]["forward_equivalents"])),
+        ("cost (seconds)", fmt(tr["cost"]["seconds"])),
+        ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
+        ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
+        ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+    ]
+
+
 def _edited_modules(doc: Mapping[str, Any], limit: int | None) -> tuple[list[dict], int]:
     edited = [m for m in doc["modules"] if m["n_edited"]]
     edited.sort(key=lambda m: -m["rel_delta"])
@@ -193,7 +208,8 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
 
     method = doc["options"].get("method")
     if "training" in doc:
-        what = f"{method} ({'retraining' if 'train_records' in doc['training'] else 'gradient method'})"
+        kind = "retraining" if "train_records" in doc["training"] else "pruning" if "prune_score" in doc["options"] else "gradient method"
+        what = f"{method} ({kind})"
     else:
         what = f"{method} (task-vector negation)" if is_negation(doc) else "U-CAN attenuation"
     title = f"{what} (dry run: nothing written)" if doc["dry_run"] else f"{what} -> {doc['output']['path']}"

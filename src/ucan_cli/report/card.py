@@ -40,7 +40,7 @@ def model_card(doc: Mapping[str, Any], *, base_model: str | None) -> str:
             f"({tr.get('steps_run')} steps). The adapter config is byte-identical and every tensor keeps its name, shape and dtype."
         )
         effect = "It never saw the forget users' records in the training file"
-    elif "training" in doc:  # a gradient method: A and B were trained
+    elif "training" in doc and "steps_run" in doc["training"]:  # a gradient method: A and B were trained
         tr = doc["training"]
         what = (
             f"This adapter is a copy of the input adapter whose LoRA weights ucan changed by {tr.get('steps_run')} steps of "

@@ -151,16 +151,18 @@ def _integer(x: Any) -> bool:
 
 
 def _others() -> dict[str, type]:
-    """The parameters of the methods that share this family's option machinery (``--lr``)."""
+    """The parameters of the methods that share this family's option machinery (``--lr``, panels)."""
     from ucan_cli.methods.negate.params import NegateParams
+    from ucan_cli.methods.prune.params import PruneParams
     from ucan_cli.methods.retrain.params import RetrainParams
 
-    return {"retrain": RetrainParams, "negate": NegateParams}
+    return {"retrain": RetrainParams, "negate": NegateParams, "prune": PruneParams}
 
 
 #: method name -> its parameters: the family's methods, then ``retrain`` (which shares ``--lr``,
-#: with its own default) and ``negate``, whose options are generated the same way (each field's
-#: ``OptionSpec`` names its panel: "Retraining", "Negation"). The registry holds the methods.
+#: with its own default), ``negate`` and ``prune``, whose options are generated the same way (each
+#: field's ``OptionSpec`` names its panel: "Retraining", "Negation", "Pruning"). The registry holds
+#: the methods.
 PARAMS: dict[str, type] = {"ga": GAParams, "graddiff": GradDiffParams, "npo": NPOParams, **_others()}
 
 

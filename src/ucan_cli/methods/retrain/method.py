@@ -80,6 +80,7 @@ class Retrain(Method):
     statistics = MODEL
     takes_train = True
     fresh_adapter = True
+    dry_run_verdict = VERDICT
 
     def check(self, source, params) -> None:
         """Refuse an adapter file with tensors besides LoRA A, B and lora bias (modules_to_save)."""
