@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover
 from ucan_cli._version import __version__
 from ucan_cli.errors import Terminated
 from ucan_cli.commands import attenuate as attenuate_cmd
+from ucan_cli.commands import compare as compare_cmd
 from ucan_cli.commands import demo as demo_cmd
 from ucan_cli.commands import eval as eval_cmd
 from ucan_cli.commands import inspect as inspect_cmd
@@ -103,6 +104,7 @@ app.command("inspect", epilog=EPILOG, cls=UcanCommand)(inspect_cmd.inspect)
 app.command("score", epilog=EPILOG, cls=UcanCommand)(score_cmd.score)
 app.command("attenuate", epilog=EPILOG, cls=UcanCommand)(attenuate_cmd.attenuate)
 app.command("eval", epilog=EPILOG, cls=UcanCommand)(eval_cmd.eval_)
+app.command("compare", epilog=EPILOG, cls=UcanCommand)(compare_cmd.compare)
 app.add_typer(prepare_cmd.app, name="prepare")
 app.command("demo", epilog=EPILOG, cls=UcanCommand)(demo_cmd.demo)
 

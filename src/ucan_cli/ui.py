@@ -37,7 +37,10 @@ class UI:
             self.err.print(f"[dim]{message}[/]")
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning[/]: {message}", soft_wrap=True)
+        from rich.markup import escape
+
+        # The message is text, not markup: a path or `pip install 'ucan-cli[plot]'` keeps its brackets.
+        self.err.print(f"[yellow]warning[/]: {escape(message)}", soft_wrap=True)
 
     def emit_json(self, document) -> None:
         """The one JSON document of a --json run (never NaN or Infinity)."""

@@ -1,0 +1,483 @@
+"""``compare``: the library call behind ``ucan compare``: every method on the user's own adapter and
+data, one evaluation, one table (issue 12).
+
+What it does, in order:
+
+1. **Checks before any model loads.** Every method name is looked up in the registry
+   (``ucan_cli.methods.registry``) and every ``--set METHOD.OPTION=V1,V2`` is parsed and validated
+   against that method's parameter dataclass (``parse_settings``, ``configurations``): a bad name,
+   option or value is an ``InputError`` (exit 2) and nothing runs. ``retrain`` without ``train``
+   is refused here too, and the output directory is checked like every command's.
+2. **One statistics pass** (``ucan_cli.flows.score.score``) when any chosen method needs U-CAN's
+   activation statistics (``ucan``, ``random``): it is written as ``scores.safetensors`` and every
+   such method edits from it (``attenuate(scores=...)``), so their cost is that one pass, counted
+   once per row (forward-pass equivalents = forget + retain records forwarded).
+3. **Each configuration through ``ucan_cli.flows.attenuate.attenuate``**, the library call of
+   ``ucan attenuate``, into ``methods/<label>/`` (a normal attenuated adapter directory: adapter,
+   card, report, ledger). A method that declines (``NothingToDo``: a weak verdict, no eligible
+   unit) is a row with its reason and no adapter; the comparison goes on.
+4. **Cost at equal forgetting** (``equal_forgetting``): when U-CAN wrote an adapter, its forget
+   Recall@5 is measured (one pass over the forget set; with several ``ucan`` rows, the one at its
+   defaults, else the first) and every method whose parameters take
+   ``until`` (``ga``, ``graddiff``, ``npo``) runs once more with ``--until "forget.recall@5 <= X"``
+   checked every step, so its row is the cheapest run (fewest steps) that forgets as much as
+   U-CAN's edit, and its cost is what that took. The step budget of those runs is
+   ``UNTIL_STEPS_FACTOR`` x the method's own step budget (at least ``UNTIL_MIN_STEPS``); a run
+   that does not get there says so (``stop: budget``).
+5. **One evaluation** (``ucan_cli.flows.evaluate.evaluate``, ``ucan eval``'s flow) over the
+   original, every written adapter and the reference (``reference=``, else the first ``retrain``
+   row's adapter), on the same batches, without bootstrap (the table compares methods; run
+   ``ucan eval`` on two of them for CIs).
+6. **The table**: ``table.json`` (``SCHEMA_VERSION``; docs/report-schema.md, "ucan compare"),
+   ``table.md`` and, when matplotlib is installed (``ucan-cli[plot]``), ``compare.png``
+   (``ucan_cli.report.plot``). Everything is written into a temporary directory renamed into
+   place, so a failed run leaves nothing.
+
+Cost columns: ``forward_equivalents`` counts one record's forward pass as 1 and a backward as 2
+(the methods' own ``training.cost``; U-CAN and random: the statistics pass); ``seconds`` is the
+method's wall time (the statistics pass is counted in every row that uses it; its own seconds are
+in ``statistics``); ``peak_rss_mb`` is the process's resident-memory high-water mark when the row
+finished (a high-water mark: it never goes down, so a row shows at least every earlier row's peak).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ucan_cli.errors import InputError, NothingToDo
+from ucan_cli.progress import ProgressFactory
+
+SCHEMA_VERSION = 1
+TABLE_JSON = "table.json"
+TABLE_MD = "table.md"
+PLOT_PNG = "compare.png"
+SCORES = "scores.safetensors"
+#: The methods compared when none are named: every shipped method that needs no training file.
+DEFAULT_METHODS = ("ucan", "random", "ga", "graddiff", "npo", "prune", "negate")
+#: Equal-forgetting runs may take this many times the method's own step budget ...
+UNTIL_STEPS_FACTOR = 5
+#: ... and at least this many steps.
+UNTIL_MIN_STEPS = 20
+#: (column key, result path in ``ucan eval``'s document, heading)
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("forget_recall@5", "forget.recall@5", "forget R@5"),
+    ("forget_ndcg@10", "forget.ndcg@10", "forget NDCG@10"),
+    ("forget_kl", "forget.kl", "forget KL"),
+    ("retain_recall@5", "retain.recall@5", "retain R@5"),
+    ("retain_ndcg@10", "retain.ndcg@10", "retain NDCG@10"),
+    ("holdout_ndcg@10", "holdout.ndcg@10", "holdout NDCG@10"),
+    ("mia_auc", "privacy.mia_auc", "MIA AUC"),
+)
+
+
+@dataclass
+class CompareRun:
+    """What ``compare`` did: the table document (``table.json``), where it was written, and
+    what the user should know."""
+
+    document: dict
+    out_dir: Path | None
+    files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One row to run: a method, the options given for it, and how the row is labelled."""
+
+    method: str
+    options: dict
+    label: str
+    equal_forgetting: bool = False  # the --until run at U-CAN's forget Recall@5
+
+
+def parse_settings(settings: Sequence[str], methods: Sequence[str]) -> dict[str, list[tuple[str, list[str]]]]:
+    """``["graddiff.lr=0.001,0.003", ...]`` -> {method: [(option, [values...]), ...]}, checked
+    against the chosen methods (an option for a method not compared is an error: it would be
+    silently ignored otherwise)."""
+    out: dict[str, list[tuple[str, list[str]]]] = {}
+    for text in settings:
+        key, eq, values = text.partition("=")
+        method, dot, option = key.strip().partition(".")
+        if not eq or not dot or not method or not option or not values.strip():
+            raise InputError(f"--set {text!r}: expected METHOD.OPTION=VALUE[,VALUE...], e.g. --set graddiff.lr=0.001")
+        if method not in methods:
+            raise InputError(f"--set {text!r}: {method!r} is not among --methods ({','.join(methods)})")
+        out.setdefault(method, []).append((option.strip().replace("-", "_"), [v.strip() for v in values.split(",")]))
+    return out
+
+
+def _option_field(params_type, option: str, method: str):
+    """The parameter field an option names: its field name, or its flag without dashes."""
+    for f in fields(params_type):
+        spec = f.metadata.get("option")
+        flag = spec.long.lstrip("-").replace("-", "_") if spec is not None else None
+        if option in (f.name, flag):
+            return f
+    names = ", ".join(f.name for f in fields(params_type))
+    raise InputError(f"--set {method}.{option}: not an option of --method {method} (its options: {names})")
+
+
+def _convert(value: str, f, method: str) -> Any:
+    """A ``--set`` value as the field's type (bool, int, float, str; ``none`` for an optional)."""
+    text = value.strip()
+    if text.lower() in ("none", "null", ""):
+        return None
+    annotation = str(f.type)
+    try:
+        if "bool" in annotation:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if "int" in annotation and "float" not in annotation:
+            return int(text)
+        if "float" in annotation:
+            return float(text)
+    except ValueError:
+        raise InputError(f"--set {method}.{f.name}={value}: not a valid {annotation.replace(' | None', '')}") from None
+    return text  # strings stay strings (choices are checked by the parameters' validate())
+
+
+def configurations(methods: Sequence[str], settings: Mapping[str, list[tuple[str, list[str]]]]) -> list[Configuration]:
+    """One ``Configuration`` per method and per combination of its ``--set`` values, validated by
+    building the method's parameters (``InputError`` naming the option on a bad one)."""
+    import itertools
+
+    from ucan_cli.flows.attenuate import _method_params
+    from ucan_cli.methods.registry import get as get_method
+
+    out: list[Configuration] = []
+    for name in methods:
+        method = get_method(name)
+        options = settings.get(name, [])
+        fields_and_values = []
+        for option, values in options:
+            f = _option_field(method.params_type, option, name)
+            fields_and_values.append((f.name, [_convert(v, f, name) for v in values]))
+        combos = list(itertools.product(*(vals for _, vals in fields_and_values))) or [()]
+        for combo in combos:
+            given = {fname: value for (fname, _), value in zip(fields_and_values, combo)}
+            if name == "ucan" or name == "random":
+                from ucan_cli.methods.ucan.params import params_from_options
+
+                params_from_options(None, **given)  # validates; the score file's options are the base
+            else:
+                _method_params(method, given)
+            label = name + ("" if not given else " " + ", ".join(f"{k}={v}" for k, v in given.items()))
+            out.append(Configuration(name, given, label))
+    return out
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    except (ImportError, OSError):  # pragma: no cover - Windows
+        return None
+
+
+def _forget_recall_at_5(base, adapter_dir: Path, forget, *, template, max_length, max_samples, seed, batch_size, device, dtype, allow_pickle,
+                        trust_remote_code) -> tuple[float, int]:
+    """Forget Recall@5 of one written adapter (the equal-forgetting target) and the passes it cost."""
+    from ucan_cli.flows.model_inputs import measure
+    from ucan_cli.io.data import read_records
+    from ucan_cli.runtime.models import attach_adapter, load_base_model, load_tokenizer, resolve_device, resolve_dtype
+
+    device_ = resolve_device(device)
+    tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
+    model = load_base_model(base, device=device_, dtype=resolve_dtype(dtype, device_), trust_remote_code=trust_remote_code,
+                            allow_pickle=allow_pickle)
+    peft = attach_adapter(model, adapter_dir)
+    records = read_records(forget, "forget").sample(max_samples, seed)  # the records the methods' --until checks read
+    metrics, cost = measure(peft, tokenizer, records, template=template, max_length=max_length, batch_size=batch_size, ks=(5,))
+    if "recall@5" not in metrics:
+        raise InputError(f"{forget}: the forget records have no candidates; equal forgetting needs forget Recall@5 (--no-equal-forgetting)")
+    return float(metrics["recall@5"]), cost
+
+
+def compare(
+    base: str,
+    adapter: str | Path,
+    forget: str | Path,
+    retain: str | Path,
+    holdout: str | Path | None,
+    out_dir: str | Path,
+    *,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    settings: Sequence[str] = (),
+    train: str | Path | None = None,
+    reference: str | Path | None = None,
+    equal_forgetting: bool = True,
+    accept_weak: bool = False,
+    template: str = "alpaca",
+    max_length: int | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "auto",
+    allow_overlap: bool = False,
+    receipt_key: str | Path | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
+    note=None,
+) -> CompareRun:
+    """Run ``methods`` on one adapter and request, evaluate them together, write the table.
+
+    Args:
+        base, adapter, forget, retain, holdout: as for ``ucan attenuate`` and ``ucan eval``.
+        out_dir: the new directory (``methods/``, ``scores.safetensors``, ``table.json``,
+            ``table.md``, ``compare.png``); refused if it exists unless ``force``.
+        methods: registry names, each once.
+        settings: ``METHOD.OPTION=V1[,V2...]`` strings; several values give one row each (a curve).
+        train: the training file for ``retrain`` (required when it is compared).
+        reference: a retrained reference adapter; default: the first ``retrain`` row's output.
+        equal_forgetting: also run each method that takes ``--until`` to U-CAN's forget Recall@5.
+        accept_weak: let U-CAN (and the random control) edit on a weak verdict, as
+            ``ucan attenuate --accept-weak`` does (recorded in their reports); default: they decline.
+        note: called with one line per finished row (progress for the terminal), or None.
+
+    Raises:
+        InputError (exit 2) before anything runs; UcanRuntimeError (exit 1). Nothing is written
+        when either is raised.
+    """
+    from ucan_cli.flows.attenuate import attenuate
+    from ucan_cli.flows.evaluate import evaluate
+    from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
+    from ucan_cli.io.receipts import key_path
+    from ucan_cli.methods.base import ACTIVATIONS, ADAPTER
+    from ucan_cli.methods.registry import get as get_method
+
+    # ---------------------------------------------------------------- checks (no model yet)
+    methods = [m.strip() for m in methods if m.strip()]
+    if not methods:
+        raise InputError("--methods: name at least one method")
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise InputError(f"--methods: {', '.join(duplicates)} named twice (use --set METHOD.OPTION=V1,V2 for several configurations)")
+    chosen = {name: get_method(name) for name in methods}
+    if "retrain" in methods and train is None:
+        raise InputError("--methods retrain needs --train FILE (the records the adapter was trained on)")
+    if train is not None and not any(m.takes_train for m in chosen.values()):
+        raise InputError("--train: only --methods retrain reads a training file")
+    configs = configurations(methods, parse_settings(settings, methods))
+    protected = [adapter, forget, retain, holdout, train, reference, template, base, key_path(receipt_key)]
+    check_output_dir(out_dir, force=force, protected=protected)
+    for path, flag in ((forget, "--forget"), (retain, "--retain"), (holdout, "--holdout"), (train, "--train")):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{flag} {path}: no such file")
+    warnings: list[str] = []
+    common = dict(template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
+                  allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    say = note or (lambda line: None)
+
+    rows: list[dict[str, Any]] = []
+    with atomic_output_dir(out_dir, force=force, protected=protected) as tmp:
+        (tmp / "methods").mkdir()
+        # ------------------------------------------------------------ one statistics pass
+        stats_doc = None
+        scores_path = None
+        if any(chosen[c.method].statistics == ACTIVATIONS for c in configs):
+            from ucan_cli.flows.score import score as run_score
+            from ucan_cli.methods.ucan.scorefile import save_score_file
+
+            t = time.perf_counter()
+            run = run_score(base, adapter, forget, retain, progress=progress, **common)
+            scores_path = save_score_file(tmp / SCORES, run.stats, run.result, run.meta, force=False)
+            n_pass = run.stats.forget.n_records + run.stats.retain.n_records
+            stats_doc = {"file": SCORES, "forward_equivalents": n_pass, "seconds": round(time.perf_counter() - t, 3),
+                         "verdict": run.meta.get("verdict", {}).get("verdict")}
+            say(f"statistics: one pass over {n_pass} records ({stats_doc['seconds']:.1f} s), verdict {stats_doc['verdict']}")
+
+        # ------------------------------------------------------------ each configuration
+        def run_one(config: Configuration, index: int) -> dict[str, Any]:
+            method = chosen[config.method]
+            slug = f"{index:02d}-{config.method}" + ("-until" if config.equal_forgetting else "")
+            out = tmp / "methods" / slug
+            row: dict[str, Any] = {"label": config.label, "method": config.method, "options": dict(config.options),
+                                   "equal_forgetting": config.equal_forgetting, "adapter": None, "status": "ok", "reason": None}
+            uses_stats = method.statistics == ACTIVATIONS
+            t = time.perf_counter()
+            kwargs = dict(common)
+            if uses_stats:  # the shared statistics pass: no model loads
+                kwargs.update(scores=scores_path, accept_weak=accept_weak)
+            elif method.statistics != ADAPTER:  # an adapter method (negate) takes neither
+                kwargs.update(base=base, retain=retain)
+            if method.takes_train:
+                kwargs["train"] = train
+            try:
+                result = attenuate(adapter, out, forget=forget, method=config.method, params=config.options, **kwargs)
+            except NothingToDo as exc:
+                row.update(status="declined", reason=exc.message)
+                result = None
+            seconds = time.perf_counter() - t
+            if result is not None:
+                row["adapter"] = f"methods/{slug}"
+                training = result.report.get("training") or {}
+                cost = (training.get("cost") or {}).get("forward_equivalents")
+                row["steps_run"] = training.get("steps_run")
+                row["stop_reason"] = training.get("stop_reason")
+                row["verdict"] = (result.report.get("verdict") or {}).get("kind")
+            else:
+                cost = None
+            if uses_stats:
+                cost, seconds = stats_doc["forward_equivalents"], seconds + stats_doc["seconds"]
+            elif method.statistics == ADAPTER:
+                cost = 0
+            row.update(forward_equivalents=cost, seconds=round(seconds, 3), peak_rss_mb=_peak_rss_mb())
+            say(f"{config.label}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "") + f", {seconds:.1f} s")
+            return row
+
+        for i, config in enumerate(configs):
+            rows.append(run_one(config, i))
+
+        # ------------------------------------------------------------ cost at equal forgetting
+        target = None
+        # U-CAN's row at the options given without a list (its defaults when none), else its first configuration
+        ucan_rows = [r for r in rows if r["method"] == "ucan" and r["adapter"] is not None]
+        ucan_row = next((r for r in ucan_rows if not r["options"]), ucan_rows[0] if ucan_rows else None)
+        until_methods = [c for c in configs if "until" in {f.name for f in fields(chosen[c.method].params_type)}]
+        if equal_forgetting and until_methods:
+            if ucan_row is None:
+                warnings.append("equal forgetting skipped: U-CAN wrote no adapter here (declined or not compared), so there is no forgetting to match")
+            else:
+                value, spent = _forget_recall_at_5(base, tmp / ucan_row["adapter"], forget, template=template, max_length=max_length,
+                                                   max_samples=max_samples, seed=seed, batch_size=batch_size, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                                                   trust_remote_code=trust_remote_code)
+                target = {"metric": "forget.recall@5", "value": value, "forward_equivalents": spent, "row": ucan_row["label"]}
+                seen = set()
+                for config in until_methods:
+                    if config.method in seen:  # one equal-forgetting run per method (its first configuration's options)
+                        continue
+                    seen.add(config.method)
+                    from ucan_cli.flows.attenuate import _method_params
+
+                    base_params = _method_params(chosen[config.method], config.options)
+                    options = dict(config.options)
+                    options.update(until=f"forget.recall@5 <= {value!r}", check_every=1,
+                                   steps=max(UNTIL_MIN_STEPS, UNTIL_STEPS_FACTOR * base_params.steps))
+                    label = f"{config.label} @ U-CAN's forgetting"
+                    rows.append(run_one(Configuration(config.method, options, label, equal_forgetting=True), len(rows)))
+
+        # ------------------------------------------------------------ one evaluation
+        written = [r for r in rows if r["adapter"] is not None]
+        ref_path = Path(reference) if reference is not None else None
+        ref_row = next((r for r in written if r["method"] == "retrain"), None) if ref_path is None else None
+        if ref_row is not None:
+            ref_path = tmp / ref_row["adapter"]
+        evaluated = [r for r in written if r is not ref_row]
+        t = time.perf_counter()
+        ev = evaluate(base, adapter, [tmp / r["adapter"] for r in evaluated], forget, retain, holdout, reference=ref_path,
+                      bootstrap=0, template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
+                      dtype=dtype, allow_overlap=allow_overlap, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                      progress=progress)
+        eval_seconds = time.perf_counter() - t
+        result = ev.result
+        for row, adapter_id in zip(evaluated, result.unlearned_ids):
+            row["metrics"] = {key: result.value(adapter_id, path) for key, path, _ in METRICS}
+        anchors = {"original": {key: result.value("original", path) for key, path, _ in METRICS}}
+        if ref_path is not None:
+            anchors["reference"] = {key: result.value("reference", path) for key, path, _ in METRICS}
+            if ref_row is not None:
+                ref_row["metrics"] = anchors["reference"]
+                ref_row["is_reference"] = True
+        for row in rows:
+            row.setdefault("metrics", None)
+            row["gap_to_reference"] = _gaps(row["metrics"], anchors.get("reference"))
+        ids = {adapter_id: row["label"] for row, adapter_id in zip(evaluated, result.unlearned_ids)}
+        for w in ev.warnings:  # eval names adapters unlearned_1, ...; the table names rows
+            head, sep, rest = w.partition(": ")
+            w = f"{ids[head]}: {rest}" if sep and head in ids else w
+            if w not in warnings:
+                warnings.append(w)
+
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "command": "compare",
+            "inputs": {"base": str(base), "adapter": str(adapter), "forget": str(forget), "retain": str(retain),
+                       "holdout": str(holdout) if holdout is not None else None, "train": str(train) if train is not None else None,
+                       "reference": str(reference) if reference is not None else (ref_row["adapter"] if ref_row else None)},
+            "settings": {"methods": list(methods), "set": list(settings), "equal_forgetting": equal_forgetting,
+                         "accept_weak": accept_weak, "seed": seed,
+                         "batch_size": batch_size, "template": template, "max_length": max_length,
+                         "until_steps": {"factor": UNTIL_STEPS_FACTOR, "min": UNTIL_MIN_STEPS}},
+            "statistics": stats_doc,
+            "equal_forgetting_target": target,
+            "anchors": anchors,
+            "rows": rows,
+            "evaluation": {"seconds": round(eval_seconds, 3), "bootstrap": 0},
+            "reading": reading(rows, anchors),
+            "warnings": warnings,
+        }
+        from ucan_cli.report.compare import document_json, table_markdown
+
+        (tmp / TABLE_JSON).write_text(document_json(document), encoding="utf-8")
+        (tmp / TABLE_MD).write_text(table_markdown(document), encoding="utf-8")
+        files = [TABLE_JSON, TABLE_MD]
+        from ucan_cli.report.plot import plot_available, write_plot
+
+        if plot_available():
+            write_plot(document, tmp / PLOT_PNG)
+            files.append(PLOT_PNG)
+        else:
+            warnings.append("no compare.png: plotting needs matplotlib (pip install 'ucan-cli[plot]'); the tables are written")
+    return CompareRun(document=document, out_dir=Path(out_dir), files=files, warnings=warnings)
+
+
+def _gaps(metrics: Mapping[str, Any] | None, reference: Mapping[str, Any] | None) -> dict[str, float | None] | None:
+    """|row - reference| for forget Recall@5 and MIA AUC (the two numbers that say how close a
+    method came to never having seen the forget users), None without a reference."""
+    if metrics is None or reference is None:
+        return None
+    out = {}
+    for key in ("forget_recall@5", "mia_auc"):
+        a, b = metrics.get(key), reference.get(key)
+        out[key] = None if a is None or b is None else round(abs(float(a) - float(b)), 6)
+    return out
+
+
+def reading(rows: Sequence[Mapping[str, Any]], anchors: Mapping[str, Mapping[str, Any]]) -> str:
+    """One honest paragraph: which method came closest to the reference's forgetting while keeping
+    retain NDCG@10 within 0.95x the original's, and what declined."""
+    original = anchors["original"]
+    reference = anchors.get("reference")
+    floor = original.get("retain_ndcg@10")
+    parts: list[str] = []
+    declined = [r["label"] for r in rows if r["status"] == "declined"]
+    if declined:
+        parts.append(f"Declined (nothing written): {', '.join(declined)}.")
+    candidates = [r for r in rows if r.get("metrics") and not r.get("is_reference") and r["metrics"].get("forget_recall@5") is not None]
+    if floor is not None:
+        kept = [r for r in candidates if r["metrics"].get("retain_ndcg@10") is not None and r["metrics"]["retain_ndcg@10"] >= 0.95 * floor]
+    else:
+        kept = candidates
+    if not kept:
+        parts.append("No method kept retain NDCG@10 within 0.95x the original's.")
+    else:
+        best = min(kept, key=lambda r: r["metrics"]["forget_recall@5"])
+        m = best["metrics"]
+        text = (f"Most forgetting within 0.95x the original's retain NDCG@10: {best['label']} "
+                f"(forget R@5 {original.get('forget_recall@5'):.3f} -> {m['forget_recall@5']:.3f}")
+        if reference is not None and reference.get("forget_recall@5") is not None:
+            text += f"; the reference's {reference['forget_recall@5']:.3f}"
+        text += f", retain NDCG@10 {m['retain_ndcg@10']:.3f}"
+        if best.get("forward_equivalents") is not None:
+            text += f", {best['forward_equivalents']} forward-pass equivalents"
+        parts.append(text + ").")
+    if reference is None:
+        parts.append("No reference: pass --reference DIR or compare retrain (--train FILE) to see the gap to never having trained on them.")
+    parts.append("One request, one seed: check the chosen adapter with `ucan eval` (bootstrap CIs) before relying on it.")
+    return " ".join(parts)
+
+
+__all__ = ["CompareRun", "Configuration", "DEFAULT_METHODS", "METRICS", "SCHEMA_VERSION", "compare", "configurations",
+           "parse_settings", "reading"]

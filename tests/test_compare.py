@@ -1,0 +1,208 @@
+"""``ucan compare``: every method on one request, one statistics pass, one evaluation, one table.
+
+On the tiny Llama of conftest.py (12 forget, 24 retain, 8 holdout records): the real CLI in a
+subprocess writes table.json / table.md / compare.png whose numbers equal a separate ``ucan eval``
+of the written adapters, the statistics pass runs once, a declining method is a row with its
+reason, equal-forgetting runs stop at the first check that meets U-CAN's forget Recall@5, and a
+bad ``--set`` exits 2 with nothing written. No threshold on a trained model is asserted: every
+check compares the run with itself or with an independent computation of the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import forget_retain_world, make_records, write_jsonl
+from ucan_cli.errors import InputError
+
+METHODS = "ucan,random,ga,graddiff,prune,negate,retrain"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_models, adapters):
+    root = tmp_path_factory.mktemp("compare")
+    w = forget_retain_world(root, tiny_models, adapters)
+    # 10 candidates (not conftest's 5), so that Recall@5 is not 1 by construction
+    forget, retain = make_records(12, seed=5, n_candidates=10), make_records(24, seed=6, user_offset=100, n_candidates=10)
+    w["forget"], w["retain"] = write_jsonl(root / "forget.jsonl", forget), write_jsonl(root / "retain.jsonl", retain)
+    w["holdout"] = write_jsonl(root / "holdout.jsonl", make_records(8, seed=7, user_offset=300, n_candidates=10))
+    train = forget + retain
+    w["train"] = write_jsonl(root / "train.jsonl", train)
+    return w
+
+
+def cli(world, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "ucan_cli", "compare", "--base", world["base"], "--adapter", world["adapter"],
+            "--forget", world["forget"], "--retain", world["retain"], "--holdout", world["holdout"],
+            "--receipt-key", world["key"], "--batch-size", "4", "-o", out, *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def compared(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "out"
+    done = cli(world, out, "--methods", METHODS, "--train", world["train"], "--accept-weak",
+               "--set", "ucan.t_risk=0.3", "--set", "random.t_risk=0.3",
+               "--set", "ga.steps=1,2", "--set", "graddiff.steps=2", "--set", "retrain.epochs=1")
+    assert done.returncode == 0, done.stderr
+    return out, json.loads((out / "table.json").read_text()), done
+
+
+def test_writes_the_table_the_adapters_and_the_plot(compared):
+    out, doc, done = compared
+    assert doc["schema_version"] == 1 and doc["command"] == "compare"
+    assert {"inputs", "settings", "statistics", "equal_forgetting_target", "anchors", "rows", "evaluation", "reading",
+            "warnings"} <= set(doc)
+    labels = [r["label"] for r in doc["rows"]]
+    # one row per configuration (ga has two), then one equal-forgetting run per method that takes --until
+    assert labels[:8] == ["ucan t_risk=0.3", "random t_risk=0.3", "ga steps=1", "ga steps=2", "graddiff steps=2", "prune", "negate", "retrain epochs=1"]
+    assert set(labels[8:]) <= {"ga steps=1 @ U-CAN's forgetting", "graddiff steps=2 @ U-CAN's forgetting"}
+    for row in doc["rows"]:
+        assert set(row) >= {"label", "method", "options", "status", "reason", "adapter", "metrics", "gap_to_reference",
+                            "seconds", "forward_equivalents", "peak_rss_mb"}
+        if row["status"] == "ok":
+            assert (out / row["adapter"] / "adapter_model.safetensors").is_file()
+            assert (out / row["adapter"] / "ucan_report.json").is_file()
+    md = (out / "table.md").read_text()
+    for row in doc["rows"]:
+        assert f"| {row['label']}" in md
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the retrained adapter is the reference: its gaps are 0, every other row's is |row - reference|
+    ref = next(r for r in doc["rows"] if r.get("is_reference"))
+    assert ref["method"] == "retrain" and ref["gap_to_reference"] == {"forget_recall@5": 0.0, "mia_auc": 0.0}
+    for row in doc["rows"]:
+        if row["metrics"] is not None:
+            assert row["gap_to_reference"]["forget_recall@5"] == pytest.approx(
+                abs(row["metrics"]["forget_recall@5"] - ref["metrics"]["forget_recall@5"]), abs=1e-6)
+    # plain output when stdout is a pipe: the Markdown table
+    assert "| method | forget R@5" in done.stdout
+
+
+def test_rows_equal_a_separate_eval_of_the_written_adapters(compared, world):
+    from ucan_cli.flows.compare import METRICS
+    from ucan_cli.flows.evaluate import evaluate
+
+    out, doc, _ = compared
+    rows = [r for r in doc["rows"] if r["status"] == "ok" and not r.get("is_reference")]
+    ref = next(r for r in doc["rows"] if r.get("is_reference"))
+    run = evaluate(world["base"], world["adapter"], [out / r["adapter"] for r in rows], world["forget"], world["retain"],
+                   world["holdout"], reference=out / ref["adapter"], bootstrap=0, batch_size=4)
+    for row, adapter_id in zip(rows, run.result.unlearned_ids):
+        for key, path, _ in METRICS:
+            assert row["metrics"][key] == run.result.value(adapter_id, path), (row["label"], key)
+    for key, path, _ in METRICS:
+        assert doc["anchors"]["original"][key] == run.result.value("original", path)
+
+
+def test_one_statistics_pass_shared_by_the_activation_methods(compared, world):
+    out, doc, _ = compared
+    n_pass = 12 + 24
+    assert doc["statistics"]["forward_equivalents"] == n_pass and (out / "scores.safetensors").is_file()
+    for row in doc["rows"]:
+        if row["method"] in ("ucan", "random"):
+            assert row["forward_equivalents"] == n_pass
+            report = json.loads((out / row["adapter"] / "ucan_report.json").read_text())
+            assert report["options"]["statistics_from"] == "score file"
+        if row["method"] == "negate":
+            assert row["forward_equivalents"] == 0
+
+
+def test_equal_forgetting_stops_at_the_first_check_that_meets_the_target(compared):
+    out, doc, _ = compared
+    target = doc["equal_forgetting_target"]
+    ucan = next(r for r in doc["rows"] if r["method"] == "ucan")
+    # the target is U-CAN's forget Recall@5, measured on the same records as eval's (same batches, same code)
+    assert target["value"] == ucan["metrics"]["forget_recall@5"]
+    until_rows = [r for r in doc["rows"] if r["equal_forgetting"]]
+    assert {r["method"] for r in until_rows} == {"ga", "graddiff"}
+    for row in until_rows:
+        assert row["options"]["until"] == f"forget.recall@5 <= {target['value']!r}" and row["options"]["check_every"] == 1
+        if row["status"] == "declined":  # the input adapter already forgets as much as U-CAN's edit (check 0 met)
+            assert "already holds for the input adapter" in row["reason"]
+            assert doc["anchors"]["original"]["forget_recall@5"] <= target["value"]
+            continue
+        training = json.loads((out / row["adapter"] / "ucan_report.json").read_text())["training"]
+        checks = training["checks"]
+        assert checks[0]["step"] == 0
+        if training["stop_reason"] == "target":
+            assert [c["met"] for c in checks] == [False] * (len(checks) - 1) + [True]
+            assert checks[-1]["recall@5"] <= target["value"] and row["steps_run"] == checks[-1]["step"]
+        else:
+            assert training["stop_reason"] == "budget" and not any(c["met"] for c in checks)
+
+
+def test_a_declining_method_is_a_row_with_its_reason(world, tmp_path, monkeypatch):
+    """Without --accept-weak U-CAN declines this (unstructured) request, or finds nothing: either
+    way its row says why, the others still run, and equal forgetting is skipped with a warning."""
+    from ucan_cli.flows.compare import compare
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = compare(world["base"], world["adapter"], world["forget"], world["retain"], None, tmp_path / "out",
+                  methods=["ucan", "ga"], settings=["ga.steps=1"], receipt_key=world["key"], batch_size=4)
+    ucan, ga = run.document["rows"][:2]
+    assert ucan["status"] == "declined" and ucan["reason"] and ucan["adapter"] is None and ucan["metrics"] is None
+    assert ga["status"] == "ok" and ga["metrics"] is not None
+    assert any("equal forgetting skipped" in w for w in run.warnings)
+    assert ucan["label"] in run.document["reading"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "ga.bogus=1"], "not an option of --method ga"),
+    (["--set", "ga.lr=abc"], "ga.lr=abc"),
+    (["--set", "ga.lr=-1"], "--lr"),
+    (["--set", "npo.lr=0.1"], "not among --methods"),
+    (["--set", "galr=1"], "METHOD.OPTION=VALUE"),
+    (["--methods", "ucan,nope"], "no such method"),
+    (["--methods", "ga,ga"], "named twice"),
+    (["--methods", "retrain"], "needs --train"),
+])
+def test_bad_settings_exit_2_and_write_nothing(world, tmp_path, extra, message):
+    out = tmp_path / "out"
+    done = cli(world, out, *(["--methods", "ga"] if "--methods" not in extra else []), *extra)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_parse_settings_and_configurations():
+    from ucan_cli.flows.compare import configurations, parse_settings
+
+    parsed = parse_settings(["graddiff.lr=0.001,0.003", "graddiff.retain-weight=2", "ucan.ratio=0.2"], ["ucan", "graddiff"])
+    assert parsed == {"graddiff": [("lr", ["0.001", "0.003"]), ("retain_weight", ["2"])], "ucan": [("ratio", ["0.2"])]}
+    configs = configurations(["ucan", "graddiff"], parsed)
+    assert [(c.method, c.options) for c in configs] == [
+        ("ucan", {"ratio": 0.2}),
+        ("graddiff", {"lr": 0.001, "retain_weight": 2.0}), ("graddiff", {"lr": 0.003, "retain_weight": 2.0}),
+    ]
+    with pytest.raises(InputError, match="--prune-ratio must be in"):
+        configurations(["prune"], parse_settings(["prune.prune_ratio=2"], ["prune"]))
+
+
+def test_plot_points_and_the_missing_extra(compared, monkeypatch, tmp_path):
+    from ucan_cli.report import plot
+
+    _, doc, _ = compared
+    pts = plot.points(doc)
+    assert "retrain" not in pts  # the reference is drawn as the reference, not as a method
+    ga = [r for r in doc["rows"] if r["method"] == "ga" and not r["equal_forgetting"]]
+    assert pts["ga"] == [(r["metrics"]["retain_ndcg@10"], r["metrics"]["forget_recall@5"], float(r["forward_equivalents"])) for r in ga]
+    assert plot.marker_size(0, 100) == 30.0 and plot.marker_size(100, 100) == 400.0 and plot.marker_size(5, 0) == 30.0
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_warning_says_how(world, tmp_path, monkeypatch):
+    import ucan_cli.report.plot as plot_module
+    from ucan_cli.flows.compare import compare
+
+    monkeypatch.setattr(plot_module, "plot_available", lambda: False)
+    run = compare(world["base"], world["adapter"], world["forget"], world["retain"], world["holdout"], tmp_path / "out",
+                  methods=["negate"], receipt_key=world["key"], batch_size=4)
+    assert run.files == ["table.json", "table.md"] and not (tmp_path / "out" / "compare.png").exists()
+    assert any("pip install 'ucan-cli[plot]'" in w for w in run.warnings)
+    assert (tmp_path / "out" / "table.md").read_text().count("| negate |") == 1
