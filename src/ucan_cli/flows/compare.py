@@ -71,6 +71,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("retain_ndcg@10", "retain.ndcg@10", "retain NDCG@10"),
     ("holdout_ndcg@10", "holdout.ndcg@10", "holdout NDCG@10"),
     ("mia_auc", "privacy.mia_auc", "MIA AUC"),
+    ("tradeoff_retain@10", "tradeoff.retain@10", "Trade-off@10"),
 )
 
 
