@@ -154,21 +154,35 @@ def test_a_declining_method_is_a_row_with_its_reason(world, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "ga.bogus=1"], "not an option of --method ga"),
-    (["--set", "ga.lr=abc"], "ga.lr=abc"),
-    (["--set", "ga.lr=-1"], "--lr"),
-    (["--set", "npo.lr=0.1"], "not among --methods"),
-    (["--set", "galr=1"], "METHOD.OPTION=VALUE"),
-    (["--methods", "ucan,nope"], "no such method"),
-    (["--methods", "ga,ga"], "named twice"),
+    (["--methods", "ga", "--set", "ga.bogus=1"], "not an option of --method ga"),
     (["--methods", "retrain"], "needs --train"),
 ])
 def test_bad_settings_exit_2_and_write_nothing(world, tmp_path, extra, message):
     out = tmp_path / "out"
-    done = cli(world, out, *(["--methods", "ga"] if "--methods" not in extra else []), *extra)
+    done = cli(world, out, *extra)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("methods, settings, message", [
+    (["ga"], ["ga.lr=abc"], "ga.lr=abc"),
+    (["ga"], ["ga.lr=-1"], "--lr"),
+    (["ga"], ["npo.lr=0.1"], "not among --methods"),
+    (["ga"], ["galr=1"], "METHOD.OPTION=VALUE"),
+    (["ucan", "nope"], [], "no such method"),
+    (["ga", "ga"], [], "named twice"),
+    (["ga"], ["ga.steps=1.5"], "ga.steps=1.5"),
+])
+def test_bad_settings_are_refused_before_anything_runs(world, tmp_path, monkeypatch, methods, settings, message):
+    import ucan_cli.flows.score as score_flow
+    from ucan_cli.flows.compare import compare
+
+    monkeypatch.setattr(score_flow, "score", lambda *a, **k: pytest.fail("a statistics pass ran"))
+    with pytest.raises(InputError, match=message.replace(".", r"\.").replace("-", r"\-")):
+        compare(world["base"], world["adapter"], world["forget"], world["retain"], None, tmp_path / "out", methods=methods,
+                settings=settings, receipt_key=world["key"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_parse_settings_and_configurations():
@@ -206,3 +220,11 @@ def test_without_matplotlib_the_tables_are_written_and_the_warning_says_how(worl
     assert run.files == ["table.json", "table.md"] and not (tmp_path / "out" / "compare.png").exists()
     assert any("pip install 'ucan-cli[plot]'" in w for w in run.warnings)
     assert (tmp_path / "out" / "table.md").read_text().count("| negate |") == 1
+
+
+def test_every_method_declining_is_exit_4_with_nothing_written(world, tmp_path):
+    out = tmp_path / "out"
+    done = cli(world, out, "--methods", "ucan")
+    assert done.returncode == 4, done.stderr
+    assert "every method declined" in done.stderr and "ucan:" in done.stderr
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())

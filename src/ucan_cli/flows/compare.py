@@ -248,8 +248,8 @@ def compare(
         note: called with one line per finished row (progress for the terminal), or None.
 
     Raises:
-        InputError (exit 2) before anything runs; UcanRuntimeError (exit 1). Nothing is written
-        when either is raised.
+        InputError (exit 2) before anything runs; UcanRuntimeError (exit 1); NothingToDo (exit 4)
+        when every method declined. Nothing is written when any of them is raised.
     """
     from ucan_cli.flows.attenuate import attenuate
     from ucan_cli.flows.evaluate import evaluate
@@ -376,6 +376,12 @@ def compare(
         if ref_row is not None:
             ref_path = tmp / ref_row["adapter"]
         evaluated = [r for r in written if r is not ref_row]
+        if not evaluated and ref_row is not None:  # retrain alone: it is the row to show, not a reference
+            ref_row, ref_path, evaluated = None, None, written
+        if not evaluated:
+            raise NothingToDo(
+                "every method declined; nothing written: " + "; ".join(f"{r['label']}: {r['reason']}" for r in rows), {"rows": rows}
+            )
         t = time.perf_counter()
         ev = evaluate(base, adapter, [tmp / r["adapter"] for r in evaluated], forget, retain, holdout, reference=ref_path,
                       bootstrap=0, template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
