@@ -233,14 +233,18 @@ def _score_argv(world, out: Path, *extra: str) -> list[str]:
 
 
 def test_cli_score_hits_the_default_cache_in_a_subprocess(world, tmp_path, monkeypatch):
+    """The first and --no-cache runs in process (fast), the hit through the console entry point."""
     root = tmp_path / "ucan-cache"
     monkeypatch.setenv("UCAN_CACHE_DIR", str(root))
     docs = {}
-    for name, extra in (("first", ()), ("second", ()), ("plain", ("--no-cache",))):
-        proc = subprocess.run([sys.executable, "-m", "ucan_cli", *_score_argv(world, tmp_path / f"{name}.safetensors", *extra)],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        docs[name] = json.loads(proc.stdout)
+    for name, extra in (("first", ()), ("plain", ("--no-cache",))):
+        result = CliRunner().invoke(app, _score_argv(world, tmp_path / f"{name}.safetensors", *extra))
+        assert result.exit_code == 0, result.output
+        docs[name] = json.loads(result.stdout)
+    proc = subprocess.run([sys.executable, "-m", "ucan_cli", *_score_argv(world, tmp_path / "second.safetensors")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    docs["second"] = json.loads(proc.stdout)
     assert [docs[n]["statistics_from"] for n in ("first", "second", "plain")] == ["forward pass", "cache", "forward pass"]
     assert len(list((root / "stats").rglob("*.safetensors"))) == 1
     first, second, plain = ((tmp_path / f"{n}.safetensors").read_bytes() for n in ("first", "second", "plain"))
@@ -271,3 +275,20 @@ def test_cli_attenuate_reuses_score_statistics_and_writes_the_same_adapter(world
         assert (tmp_path / "hit" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
     bad = runner.invoke(app, [*common, "--no-cache", "--cache-dir", str(cache), "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "exclude each other" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_an_in_memory_adapter_is_keyed_by_its_tensors(world, monkeypatch):
+    """``with_tensors`` keeps the source's file SHA-256: the key must see the edited tensors."""
+    from ucan_cli.io.adapter import LoraAdapter
+
+    source = LoraAdapter.load(world["adapter"])
+    name = next(k for k in source.tensors if "lora_B" in k)
+    edited = source.with_tensors({name: source.tensors[name] * 2})
+    assert edited.sha256 == source.sha256
+    args = (str(world["base"]),)
+    kw = {"receipt_key": world["key"], "cache_dir": world["cache"]}
+    api.score(*args, source, world["forget"], world["retain"], **kw)
+    counter = PassCounter(monkeypatch)
+    assert api.score(*args, edited, world["forget"], world["retain"], **kw).statistics_from == "forward pass"
+    assert api.score(*args, source, world["forget"], world["retain"], **kw).statistics_from == "cache"
+    assert counter.calls == 1
