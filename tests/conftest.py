@@ -12,6 +12,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# The ucan cache dir (demo worlds, the statistics cache of `ucan score` / `ucan attenuate`): never
+# the user's. A session-wide temp dir for session fixtures and subprocesses; each test then gets
+# its own (the autouse fixture below), so no test hits another's statistics cache entry.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["UCAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="ucan-test-cache-")
+atexit.register(shutil.rmtree, os.environ["UCAN_CACHE_DIR"], True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -112,6 +121,12 @@ def adapters(tmp_path_factory, tiny_models):
     model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt2"], dtype=torch.float32)
     out["gpt2"] = build_adapter(model, root / "gpt2", r=4, alpha=8, seed=4)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory, monkeypatch):
+    """A fresh UCAN_CACHE_DIR per test (outside tmp_path, which tests may list)."""
+    monkeypatch.setenv("UCAN_CACHE_DIR", str(tmp_path_factory.mktemp("ucan-cache")))
 
 
 @pytest.fixture()

@@ -102,6 +102,17 @@ AllowPickleOpt = Annotated[
 TrustRemoteCodeOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow the base model's own Python code.", rich_help_panel=PANEL_MODEL)
 ]
+CacheDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cache-dir", help="Statistics cache: reuse the forward pass of an earlier run on the same inputs and options. "
+        "Default: stats/ under the user cache dir ($UCAN_CACHE_DIR, else e.g. ~/.cache/ucan).",
+        rich_help_panel=PANEL_PERF,
+    ),
+]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor write the statistics cache.", rich_help_panel=PANEL_PERF)
+]
 TemplateOpt = Annotated[
     str,
     typer.Option(
@@ -352,6 +363,8 @@ __all__ = [
     "RuntimeOptions",
     "TemplateOpt",
     "TrustRemoteCodeOpt",
+    "CacheDirOpt",
+    "NoCacheOpt",
     "method_options",
     "parse_int_list",
     "ucan_command",

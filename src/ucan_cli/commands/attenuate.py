@@ -11,6 +11,8 @@ from ucan_cli.methods.params import PANEL_RETRAIN
 from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
+    CacheDirOpt,
+    NoCacheOpt,
     GradientOptions,
     MethodOptions,
     PANEL_DATA,
@@ -91,6 +93,8 @@ def attenuate(
     receipt_key: ReceiptKeyOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     force: Annotated[
         bool,
         typer.Option(
@@ -154,6 +158,8 @@ def attenuate(
     ui = UI(rt)
     if adapter is None:
         raise InputError("--adapter: the input adapter directory is required")
+    from ucan_cli.io.statcache import resolve_cache_dir
+
     token_scope, halves = options.pop("token_scope"), options.pop("halves")
     run = run_attenuate(
         adapter, output, base=base, forget=forget, retain=retain, scores=scores, train=train, method=method, params={**options, **gradient},
@@ -162,6 +168,7 @@ def attenuate(
         seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap,
         receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
         accept_weak=accept_weak, dry_run=dry_run, command_line=shlex.join(["ucan", *sys.argv[1:]]), progress=ui.progress,
+        cache_dir=resolve_cache_dir(cache_dir, no_cache),
     )
     if rt.json:
         ui.emit_json(run.report)

@@ -10,6 +10,8 @@ import typer
 from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
+    CacheDirOpt,
+    NoCacheOpt,
     MethodOptions,
     PANEL_DATA,
     PANEL_MODEL,
@@ -46,6 +48,8 @@ def score(
     receipt_key: ReceiptKeyOpt = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     force: Annotated[bool, _opt("--force", help="Replace an existing score file.", panel=PANEL_OUTPUT)] = False,
     top: Annotated[int, _opt("--top", help="Show the N units with the highest S.", panel=PANEL_OUTPUT, min=0)] = 10,
     dry_run: Annotated[
@@ -113,7 +117,9 @@ def score(
             render_dry_run(ui, doc)
         return
 
-    run = api.score(base, adapter, forget, retain, progress=ui.progress, **common)
+    from ucan_cli.io.statcache import resolve_cache_dir
+
+    run = api.score(base, adapter, forget, retain, progress=ui.progress, cache_dir=resolve_cache_dir(cache_dir, no_cache), **common)
     from ucan_cli.methods.ucan.scorefile import save_score_file
 
     save_score_file(output, run.stats, run.result, run.meta, force=force)

@@ -127,6 +127,7 @@ def attenuate(
     dry_run: bool = False,
     command_line: str | None = None,
     progress: ProgressFactory | None = None,
+    cache_dir: str | Path | None = None,
 ) -> AttenuateRun:
     """Attenuate the units of ``adapter`` that fire more on ``forget`` than on ``retain``
     (``method="ucan"``), spend the same budget on random units (``method="random"``), or train
@@ -289,6 +290,7 @@ def attenuate(
 
     # ---------------------------------------------------------------- statistics (step 1)
     score_meta: dict = dict(meta or {})
+    statistics_from = "score file"
     if stats is None:
         from ucan_cli.flows.score import score as run_score
 
@@ -296,9 +298,10 @@ def attenuate(
             base, source.path, forget_set, retain, params=params, token_scope=scope, halves=halves or "auto", template=template,
             max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
             batch_size=batch_size, device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
-            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress, cache_dir=cache_dir,
         )
-        stats, score_meta = run.stats, dict(run.meta)
+        stats, score_meta, statistics_from = run.stats, dict(run.meta), run.statistics_from
+        warnings += [w for w in run.warnings if w.startswith("statistics cache")]
     lap("statistics")
 
     # ---------------------------------------------------------------- the method's edit, with the lineage
@@ -332,7 +335,7 @@ def attenuate(
         **params_to_dict(params),
         "token_scope": scope,
         "halves": score_meta.get("halves"),
-        "statistics_from": "score file" if scores is not None else "forward pass",
+        "statistics_from": "score file" if scores is not None else statistics_from,
         "template": template if scores is None else score_meta.get("template", template),
         "max_length": max_length if scores is None else score_meta.get("max_length", max_length),
         "max_samples": max_samples if scores is None else score_meta.get("max_samples", max_samples),

@@ -41,6 +41,8 @@ class ScoreRun:
         timings: seconds per phase, and tokens per second of the passes.
         overview: the contrast against the noise reference and the verdict (``contrast_overview``).
         warnings: things the user should know (adapter warnings, truncation).
+        statistics_from: ``"forward pass"``, or ``"cache"`` when the statistics cache had them
+            (``cache_dir``; then no model weight loaded).
     """
 
     stats: Statistics
@@ -50,6 +52,7 @@ class ScoreRun:
     timings: dict
     overview: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    statistics_from: str = "forward pass"
 
 
 @dataclass
@@ -303,6 +306,7 @@ def score(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     progress: ProgressFactory | None = None,
+    cache_dir: str | Path | None = None,
 ) -> ScoreRun:
     """U-CAN steps 1-5: statistics on D_f and D_r, then risk, utility, fusion, budget, factors.
 
@@ -325,6 +329,9 @@ def score(
         receipt_key: the HMAC key file for the forget receipt (default: the user config dir).
         allow_pickle, trust_remote_code: model loading permissions.
         progress: a progress factory (one bar per pass).
+        cache_dir: a statistics cache directory (``ucan_cli.io.statcache``): statistics found
+            there skip the model and the passes, and fresh ones are stored; None (the default)
+            uses no cache. The results are the same either way.
 
     Returns a ``ScoreRun``. When no unit is eligible, ``result`` is None and ``nothing_to_do``
     holds the reason; the statistics are still there (and worth saving).
@@ -339,13 +346,21 @@ def score(
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
-        t1 = time.perf_counter()
-        stats = collect_statistics(
-            model, prep.adapter, prep.forget_encoded, prep.retain_encoded, halves=prep.halves, unit=params.unit,
-            scope=token_scope, batch_size=batch_size, pad_id=_pad_id(prep.tokenizer), progress=progress,
-        )
-        prep.timings["passes_s"] = time.perf_counter() - t1
+    stats, cache, key, document = None, None, None, None
+    if cache_dir is not None:
+        stats, cache, key, document = _cached_statistics(prep, cache_dir, template=template, device=device, dtype=dtype, batch_size=batch_size)
+    statistics_from = "cache" if stats is not None else "forward pass"
+    if stats is None:
+        with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
+            t1 = time.perf_counter()
+            stats = collect_statistics(
+                model, prep.adapter, prep.forget_encoded, prep.retain_encoded, halves=prep.halves, unit=params.unit,
+                scope=token_scope, batch_size=batch_size, pad_id=_pad_id(prep.tokenizer), progress=progress,
+            )
+            prep.timings["passes_s"] = time.perf_counter() - t1
+        if cache is not None:
+            entry = {"dtype": prep.meta["dtype"], "device_type": prep.meta["device_type"], "cache_document": document}
+            prep.warnings.extend(w for w in [cache.store(key, stats, entry)] if w)
     t2 = time.perf_counter()
     result: ScoreResult | None = None
     nothing: NothingToDo | None = None
@@ -363,8 +378,45 @@ def score(
     meta["summary"] = result.summary() if result is not None else nothing.details
     return ScoreRun(
         stats=stats, result=result, meta=meta, nothing_to_do=nothing, timings=prep.timings, overview=overview,
-        warnings=prep.warnings,
+        warnings=prep.warnings, statistics_from=statistics_from,
     )
+
+
+def _cached_statistics(prep: Prepared, cache_dir, *, template, device, dtype, batch_size):
+    """Look this run's statistics up in the cache: ``(statistics or None, cache, key, key
+    document)``; cache and key are None when the base cannot be identified (a warning says so).
+    On a hit, the dtype and device the statistics were computed with go into ``prep.meta``."""
+    from ucan_cli.io.statcache import StatCache, adapter_fingerprint, base_fingerprint, cache_key, template_fingerprint
+    from ucan_cli.methods.ucan.scorefile import SCHEMA_VERSION
+    from ucan_cli.runtime.models import resolve_device, resolve_dtype
+
+    base_doc, reason = base_fingerprint(prep.base_spec)
+    if base_doc is None:
+        prep.warnings.append(f"statistics cache not used: {reason}")
+        return None, None, None, None
+    resolved = resolve_device(device)
+    meta = prep.meta
+    document = {
+        "base": base_doc,
+        "adapter": adapter_fingerprint(prep.adapter, in_memory=prep.adapter_given),
+        "forget_sha256": meta["forget_sha256"],
+        "retain_sha256": meta["retain_sha256"],
+        "template": template_fingerprint(template),
+        "options": {
+            **{k: meta[k] for k in ("unit", "scope", "halves", "max_length", "max_samples", "retain_max_samples", "seed", "allow_overlap")},
+            "device": str(resolved), "dtype": str(resolve_dtype(dtype, resolved)), "batch_size": batch_size,
+        },
+        "versions": meta["versions"],
+        "score_schema": SCHEMA_VERSION,
+    }
+    cache, key = StatCache(Path(cache_dir)), cache_key(document)
+    stats, entry, warning = cache.load(key)
+    if warning:
+        prep.warnings.append(warning)
+    if stats is not None:
+        meta["dtype"], meta["device_type"] = entry.get("dtype"), entry.get("device_type")
+        prep.timings["passes_s"] = 0.0
+    return stats, cache, key, document
 
 
 def _padded_tokens(encoded: Sequence[Encoded], batch_size: int) -> int:

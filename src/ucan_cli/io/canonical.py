@@ -19,3 +19,12 @@ def canonical_safetensors(raw: bytes) -> bytes:
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + raw[8 + n :]
 
+
+
+def canonical_json(value) -> bytes:
+    """One byte string per JSON value: sorted keys, compact separators, UTF-8, no NaN.
+
+    What a content key is hashed over (``ucan_cli.io.statcache``): equal values give equal
+    bytes whatever the dict insertion order.
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

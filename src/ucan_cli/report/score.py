@@ -91,6 +91,7 @@ def score_document(run, *, output: str | None, written: bool, top: int = 10) -> 
         "ucan_version": __version__,
         "output": output,
         "written": written,
+        "statistics_from": getattr(run, "statistics_from", "forward pass"),
         "inputs": {
             "base": meta["base"],
             "adapter": meta["adapter_path"],
