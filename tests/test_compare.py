@@ -228,3 +228,20 @@ def test_every_method_declining_is_exit_4_with_nothing_written(world, tmp_path):
     assert done.returncode == 4, done.stderr
     assert "every method declined" in done.stderr and "ucan:" in done.stderr
     assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_a_second_comparison_reads_the_statistics_cache(world, tmp_path, monkeypatch):
+    """With a cache dir, the shared pass is stored; comparing again (other --set values) runs none."""
+    import ucan_cli.flows.score as score_flow
+    from ucan_cli.flows.compare import compare
+
+    kwargs = dict(methods=["ucan", "negate"], receipt_key=world["key"], batch_size=4, accept_weak=True,
+                  cache_dir=tmp_path / "cache", equal_forgetting=False)
+    first = compare(world["base"], world["adapter"], world["forget"], world["retain"], None, tmp_path / "a",
+                    settings=["ucan.t_risk=0.3"], **kwargs)
+    assert first.document["statistics"]["from"] == "forward pass"
+    monkeypatch.setattr(score_flow, "collect_statistics", lambda *a, **k: pytest.fail("a forward pass ran"))
+    second = compare(world["base"], world["adapter"], world["forget"], world["retain"], None, tmp_path / "b",
+                     settings=["ucan.t_risk=0.2"], **kwargs)
+    assert second.document["statistics"]["from"] == "cache"
+    assert (tmp_path / "a" / "scores.safetensors").read_bytes() == (tmp_path / "b" / "scores.safetensors").read_bytes()

@@ -10,6 +10,8 @@ import typer
 from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
+    CacheDirOpt,
+    NoCacheOpt,
     PANEL_DATA,
     PANEL_METHOD,
     PANEL_MODEL,
@@ -77,6 +79,8 @@ def compare(
     allow_overlap: AllowOverlapOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing -o directory.", rich_help_panel=PANEL_OUTPUT)] = False,
     receipt_key: ReceiptKeyOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
     *,
@@ -95,6 +99,7 @@ def compare(
       ucan compare ... --methods ucan,graddiff --set ucan.ratio=0.05,0.1,0.2 --set graddiff.steps=10,30 --no-equal-forgetting -o curve
     """
     from ucan_cli.flows.compare import compare as run_compare
+    from ucan_cli.io.statcache import resolve_cache_dir
     from ucan_cli.report.compare import render_compare
     from ucan_cli.ui import UI
 
@@ -103,7 +108,7 @@ def compare(
         base, adapter, forget, retain, holdout, out, methods=methods.split(","), settings=set_ or [], train=train,
         reference=reference, equal_forgetting=equal_forgetting, accept_weak=accept_weak, template=template, max_length=rt.max_length, max_samples=rt.max_samples, seed=rt.seed,
         batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force, progress=ui.progress, note=ui.detail,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force, cache_dir=resolve_cache_dir(cache_dir, no_cache), progress=ui.progress, note=ui.detail,
     )
     ui.info(f"wrote {out}/: " + ", ".join(run.files) + ", methods/")
     if rt.json:

@@ -229,6 +229,7 @@ def compare(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     force: bool = False,
+    cache_dir: str | Path | None = None,
     progress: ProgressFactory | None = None,
     note=None,
 ) -> CompareRun:
@@ -245,6 +246,8 @@ def compare(
         equal_forgetting: also run each method that takes ``--until`` to U-CAN's forget Recall@5.
         accept_weak: let U-CAN (and the random control) edit on a weak verdict, as
             ``ucan attenuate --accept-weak`` does (recorded in their reports); default: they decline.
+        cache_dir: the statistics cache (``ucan_cli.io.statcache``) for the shared pass, or None:
+            re-running a comparison with other ``--set`` values then runs no statistics pass.
         note: called with one line per finished row (progress for the terminal), or None.
 
     Raises:
@@ -292,11 +295,12 @@ def compare(
             from ucan_cli.methods.ucan.scorefile import save_score_file
 
             t = time.perf_counter()
-            run = run_score(base, adapter, forget, retain, progress=progress, **common)
+            run = run_score(base, adapter, forget, retain, progress=progress, cache_dir=cache_dir, **common)
             scores_path = save_score_file(tmp / SCORES, run.stats, run.result, run.meta, force=False)
             n_pass = run.stats.forget.n_records + run.stats.retain.n_records
             stats_doc = {"file": SCORES, "forward_equivalents": n_pass, "seconds": round(time.perf_counter() - t, 3),
-                         "verdict": run.meta.get("verdict", {}).get("verdict")}
+                         "verdict": run.meta.get("verdict", {}).get("verdict"), "from": run.statistics_from}
+            warnings += [w for w in run.warnings if w not in warnings]
             say(f"statistics: one pass over {n_pass} records ({stats_doc['seconds']:.1f} s), verdict {stats_doc['verdict']}")
 
         # ------------------------------------------------------------ each configuration
