@@ -173,6 +173,7 @@ def test_bad_settings_exit_2_and_write_nothing(world, tmp_path, extra, message):
     (["ucan", "nope"], [], "no such method"),
     (["ga", "ga"], [], "named twice"),
     (["ga"], ["ga.steps=1.5"], "ga.steps=1.5"),
+    (["ucan"], ["ucan.unit=rank"], "ucan.unit"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(world, tmp_path, monkeypatch, methods, settings, message):
     import ucan_cli.flows.score as score_flow

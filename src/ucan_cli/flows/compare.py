@@ -165,6 +165,10 @@ def configurations(methods: Sequence[str], settings: Mapping[str, list[tuple[str
             if name == "ucan" or name == "random":
                 from ucan_cli.methods.ucan.params import params_from_options
 
+                if "unit" in given:  # the shared pass holds output-unit statistics
+                    raise InputError(f"--set {name}.unit: compare shares one output-unit statistics pass; compare other units "
+                                     "with `ucan score --unit ...` and `ucan attenuate --scores`")
+
                 params_from_options(None, **given)  # validates; the score file's options are the base
             else:
                 _method_params(method, given)
