@@ -21,6 +21,7 @@ BUILTIN: dict[str, str] = {
     "ga": "ucan_cli.methods.gradient.method:GradientAscent",
     "graddiff": "ucan_cli.methods.gradient.method:GradDiff",
     "npo": "ucan_cli.methods.gradient.method:NPO",
+    "ucan-direction": "ucan_cli.methods.ucan.method:UCanDirection",
 }
 
 DEFAULT = "ucan"
