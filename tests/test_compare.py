@@ -246,3 +246,22 @@ def test_a_second_comparison_reads_the_statistics_cache(world, tmp_path, monkeyp
                      settings=["ucan.t_risk=0.2"], **kwargs)
     assert second.document["statistics"]["from"] == "cache"
     assert (tmp_path / "a" / "scores.safetensors").read_bytes() == (tmp_path / "b" / "scores.safetensors").read_bytes()
+
+
+def test_direction_units_get_their_own_statistics_pass(world, tmp_path):
+    from ucan_cli.flows.compare import compare
+
+    run = compare(world["base"], world["adapter"], world["forget"], world["retain"], None, tmp_path / "out",
+                  methods=["ucan", "ucan-direction", "negate"], settings=["ucan.t_risk=0.3"], receipt_key=world["key"],
+                  batch_size=4, accept_weak=True, equal_forgetting=False)
+    passes = run.document["statistics_passes"]
+    assert [p["unit"] for p in passes] == ["output", "direction"] and run.document["statistics"]["unit"] == "output"
+    for p in passes:
+        assert (tmp_path / "out" / p["file"]).is_file() and p["forward_equivalents"] == 12 + 24
+    rows = {r["method"]: r for r in run.document["rows"]}
+    assert rows["ucan-direction"]["forward_equivalents"] == 36
+    if rows["ucan-direction"]["status"] == "ok":  # a random forget sample may rightly be noise for directions
+        report = json.loads((tmp_path / "out" / rows["ucan-direction"]["adapter"] / "ucan_report.json").read_text())
+        assert report["unit"] == "direction"
+    else:
+        assert rows["ucan-direction"]["reason"]

@@ -199,6 +199,11 @@ def attenuate(
             f"--method {chosen.name} needs --train FILE: the records the input adapter was trained on (JSONL like "
             "--forget); every forget user's record is removed from it before training"
         )
+    fixed_unit = getattr(chosen, "unit", None)  # ucan-direction is U-CAN with --unit direction
+    if fixed_unit is not None and isinstance(params, Mapping):
+        if params.get("unit", fixed_unit) != fixed_unit:
+            raise InputError(f"--unit {params['unit']}: --method {chosen.name} edits {fixed_unit} units")
+        params = {**params, "unit": fixed_unit}
     source = LoraAdapter.load(adapter, allow_pickle=allow_pickle)
     source.check_supported()
     warnings = list(source.warnings())
@@ -306,8 +311,13 @@ def attenuate(
 
     # ---------------------------------------------------------------- the method's edit, with the lineage
     layout = list(zip(stats.module_names, stats.module_sizes))
-    cumulative = ledger.cumulative_vector(layout, params.unit)
+    # Direction edits are not per-unit scalings: no lineage factors to compose or floor to respect.
+    cumulative = None if params.unit == "direction" else ledger.cumulative_vector(layout, params.unit)
     edit = chosen.edit(source, stats, params, seed=seed, cumulative=cumulative)
+    if params.unit == "direction":
+        from ucan_cli.methods.ucan.moments import memory_estimate
+
+        edit.summary["memory"] = memory_estimate(source, params.max_memory)
     for stage, seconds in edit.timings.items():
         timings[stage] = timings.get(stage, 0.0) + seconds
     clock = time.perf_counter()

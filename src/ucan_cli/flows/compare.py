@@ -8,9 +8,10 @@ What it does, in order:
    against that method's parameter dataclass (``parse_settings``, ``configurations``): a bad name,
    option or value is an ``InputError`` (exit 2) and nothing runs. ``retrain`` without ``train``
    is refused here too, and the output directory is checked like every command's.
-2. **One statistics pass** (``ucan_cli.flows.score.score``) when any chosen method needs U-CAN's
-   activation statistics (``ucan``, ``random``): it is written as ``scores.safetensors`` and every
-   such method edits from it (``attenuate(scores=...)``), so their cost is that one pass, counted
+2. **One statistics pass per unit** (``ucan_cli.flows.score.score``) when any chosen method needs
+   U-CAN's activation statistics: output units for ``ucan`` and ``random`` (``scores.safetensors``),
+   direction moments for ``ucan-direction`` (``scores-direction.safetensors``); every such method
+   edits from its unit's file (``attenuate(scores=...)``), so its cost is that one pass, counted
    once per row (forward-pass equivalents = forget + retain records forwarded).
 3. **Each configuration through ``ucan_cli.flows.attenuate.attenuate``**, the library call of
    ``ucan attenuate``, into ``methods/<label>/`` (a normal attenuated adapter directory: adapter,
@@ -149,6 +150,7 @@ def configurations(methods: Sequence[str], settings: Mapping[str, list[tuple[str
     import itertools
 
     from ucan_cli.flows.attenuate import _method_params
+    from ucan_cli.methods.base import ACTIVATIONS
     from ucan_cli.methods.registry import get as get_method
 
     out: list[Configuration] = []
@@ -162,19 +164,28 @@ def configurations(methods: Sequence[str], settings: Mapping[str, list[tuple[str
         combos = list(itertools.product(*(vals for _, vals in fields_and_values))) or [()]
         for combo in combos:
             given = {fname: value for (fname, _), value in zip(fields_and_values, combo)}
-            if name == "ucan" or name == "random":
+            if method.statistics == ACTIVATIONS:
                 from ucan_cli.methods.ucan.params import params_from_options
 
-                if "unit" in given:  # the shared pass holds output-unit statistics
-                    raise InputError(f"--set {name}.unit: compare shares one output-unit statistics pass; compare other units "
-                                     "with `ucan score --unit ...` and `ucan attenuate --scores`")
-
-                params_from_options(None, **given)  # validates; the score file's options are the base
+                if "unit" in given:  # one statistics pass per unit, fixed by the method
+                    raise InputError(f"--set {name}.unit: compare runs {name} on {unit_of(method)} units; "
+                                     "for direction units compare ucan-direction")
+                params_from_options(None, **{**given, "unit": unit_of(method)})  # validates; the score file's options are the base
             else:
                 _method_params(method, given)
             label = name + ("" if not given else " " + ", ".join(f"{k}={v}" for k, v in given.items()))
             out.append(Configuration(name, given, label))
     return out
+
+
+def unit_of(method) -> str:
+    """The unit an activation method's statistics pass must hold: its fixed ``unit`` (``ucan-direction``:
+    direction), else output units."""
+    return getattr(method, "unit", None) or "output"
+
+
+def scores_name(unit: str) -> str:
+    return SCORES if unit == "output" else f"scores-{unit}.safetensors"
 
 
 def _peak_rss_mb() -> float | None:
@@ -291,21 +302,25 @@ def compare(
     rows: list[dict[str, Any]] = []
     with atomic_output_dir(out_dir, force=force, protected=protected) as tmp:
         (tmp / "methods").mkdir()
-        # ------------------------------------------------------------ one statistics pass
-        stats_doc = None
-        scores_path = None
-        if any(chosen[c.method].statistics == ACTIVATIONS for c in configs):
+        # ------------------------------------------------------------ one statistics pass per unit
+        stats_docs: dict[str, dict] = {}
+        scores_paths: dict[str, Path] = {}
+        for unit in dict.fromkeys(unit_of(chosen[c.method]) for c in configs if chosen[c.method].statistics == ACTIVATIONS):
             from ucan_cli.flows.score import score as run_score
+            from ucan_cli.methods.ucan.params import MethodParams
             from ucan_cli.methods.ucan.scorefile import save_score_file
 
             t = time.perf_counter()
-            run = run_score(base, adapter, forget, retain, progress=progress, cache_dir=cache_dir, **common)
-            scores_path = save_score_file(tmp / SCORES, run.stats, run.result, run.meta, force=False)
+            run = run_score(base, adapter, forget, retain, params=MethodParams(unit=unit), progress=progress, cache_dir=cache_dir, **common)
+            scores_paths[unit] = save_score_file(tmp / scores_name(unit), run.stats, run.result, run.meta, force=False)
             n_pass = run.stats.forget.n_records + run.stats.retain.n_records
-            stats_doc = {"file": SCORES, "forward_equivalents": n_pass, "seconds": round(time.perf_counter() - t, 3),
-                         "verdict": run.meta.get("verdict", {}).get("verdict"), "from": run.statistics_from}
+            stats_docs[unit] = {"file": scores_name(unit), "unit": unit, "forward_equivalents": n_pass,
+                                "seconds": round(time.perf_counter() - t, 3), "verdict": run.meta.get("verdict", {}).get("verdict"),
+                                "from": run.statistics_from}
             warnings += [w for w in run.warnings if w not in warnings]
-            say(f"statistics: one pass over {n_pass} records ({stats_doc['seconds']:.1f} s), verdict {stats_doc['verdict']}")
+            say(f"statistics ({unit} units): one pass over {n_pass} records ({stats_docs[unit]['seconds']:.1f} s), "
+                f"verdict {stats_docs[unit]['verdict']}")
+        stats_doc = stats_docs.get("output") or next(iter(stats_docs.values()), None)
 
         # ------------------------------------------------------------ each configuration
         def run_one(config: Configuration, index: int) -> dict[str, Any]:
@@ -317,8 +332,8 @@ def compare(
             uses_stats = method.statistics == ACTIVATIONS
             t = time.perf_counter()
             kwargs = dict(common)
-            if uses_stats:  # the shared statistics pass: no model loads
-                kwargs.update(scores=scores_path, accept_weak=accept_weak)
+            if uses_stats:  # the shared statistics pass of its unit: no model loads
+                kwargs.update(scores=scores_paths[unit_of(method)], accept_weak=accept_weak)
             elif method.statistics != ADAPTER:  # an adapter method (negate) takes neither
                 kwargs.update(base=base, retain=retain)
             if method.takes_train:
@@ -339,7 +354,8 @@ def compare(
             else:
                 cost = None
             if uses_stats:
-                cost, seconds = stats_doc["forward_equivalents"], seconds + stats_doc["seconds"]
+                shared = stats_docs[unit_of(method)]
+                cost, seconds = shared["forward_equivalents"], seconds + shared["seconds"]
             elif method.statistics == ADAPTER:
                 cost = 0
             row.update(forward_equivalents=cost, seconds=round(seconds, 3), peak_rss_mb=_peak_rss_mb())
@@ -426,6 +442,7 @@ def compare(
                          "batch_size": batch_size, "template": template, "max_length": max_length,
                          "until_steps": {"factor": UNTIL_STEPS_FACTOR, "min": UNTIL_MIN_STEPS}},
             "statistics": stats_doc,
+            "statistics_passes": list(stats_docs.values()),
             "equal_forgetting_target": target,
             "anchors": anchors,
             "rows": rows,

@@ -14,7 +14,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.data import RecordSet, check_disjoint, read_records
 from ucan_cli.io.tokenize import Encoded
 from ucan_cli.progress import ProgressFactory
-from ucan_cli.methods.ucan.params import TOKEN_SCOPES, MethodParams
+from ucan_cli.methods.ucan.params import TOKEN_SCOPES, MethodParams, params_to_dict
 from ucan_cli.methods.ucan.scoring import ScoreResult, compute_scores
 from ucan_cli.methods.ucan.verdict import contrast_overview
 
@@ -233,7 +233,7 @@ def prepare(
         "n_half_b": len(halves[1]),
         "tokens": tokens,
         "truncated": truncated,
-        "params": asdict(params),
+        "params": params_to_dict(params),
         "versions": _versions(),
     }
     timings = {"prepare_s": time.perf_counter() - t0}
@@ -278,6 +278,40 @@ def _pad_id(tokenizer) -> int:
     from ucan_cli.io.tokenize import pad_token_id
 
     return pad_token_id(tokenizer)
+
+
+def _collect(model, prep: Prepared, forget_encoded, retain_encoded, halves, params, scope, batch_size, progress):
+    """Step 1 for the run's unit kind: per-unit activation statistics, or (direction units) the
+    second moments of each module's input."""
+    if params.unit == "direction":
+        from ucan_cli.methods.ucan.moments import collect_moments
+
+        return collect_moments(
+            model, prep.adapter, forget_encoded, retain_encoded, halves=halves, scope=scope, batch_size=batch_size,
+            pad_id=_pad_id(prep.tokenizer), max_memory=params.max_memory, progress=progress,
+        )
+    return collect_statistics(
+        model, prep.adapter, forget_encoded, retain_encoded, halves=halves, unit=params.unit, scope=scope,
+        batch_size=batch_size, pad_id=_pad_id(prep.tokenizer), progress=progress,
+    )
+
+
+def direction_overview(result, verdict=None) -> dict:
+    """The verdict of direction units in the shape ``score`` reports (``contrast_overview``'s keys
+    that apply): ``verdict`` (``noise`` when ``verdict`` is None, i.e. nothing to do), ``sentence``,
+    the counts above lambda0 and the per-module rows."""
+    from ucan_cli.methods.ucan.verdict import NOISE_SENTENCE
+
+    summary = result.summary()
+    if verdict is None:
+        kind, sentence = ("noise", NOISE_SENTENCE) if summary["n_modules_live"] else ("dead", "no module saw scoped tokens in every set")
+    else:
+        kind, sentence = verdict.kind, verdict.sentence
+    return {
+        "n_units": summary["n_units"], "n_live": summary["n_live"], "n_above_lambda0": summary["n_above_lambda0"],
+        "n_noise_above_lambda0": summary["n_noise_above_lambda0"], "max_lambda_over_lambda0": summary["max_lambda_over_lambda0"],
+        "n_eligible": summary["n_eligible"], "k": summary["k"], "verdict": kind, "sentence": sentence,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,16 +381,13 @@ def score(
         trust_remote_code=trust_remote_code,
     )
     stats, cache, key, document = None, None, None, None
-    if cache_dir is not None:
+    if cache_dir is not None and params.unit != "direction":  # direction moments are not cached (yet)
         stats, cache, key, document = _cached_statistics(prep, cache_dir, template=template, device=device, dtype=dtype, batch_size=batch_size)
     statistics_from = "cache" if stats is not None else "forward pass"
     if stats is None:
         with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
             t1 = time.perf_counter()
-            stats = collect_statistics(
-                model, prep.adapter, prep.forget_encoded, prep.retain_encoded, halves=prep.halves, unit=params.unit,
-                scope=token_scope, batch_size=batch_size, pad_id=_pad_id(prep.tokenizer), progress=progress,
-            )
+            stats = _collect(model, prep, prep.forget_encoded, prep.retain_encoded, prep.halves, params, token_scope, batch_size, progress)
             prep.timings["passes_s"] = time.perf_counter() - t1
         if cache is not None:
             entry = {"dtype": prep.meta["dtype"], "device_type": prep.meta["device_type"], "cache_document": document}
@@ -365,14 +396,22 @@ def score(
     result: ScoreResult | None = None
     nothing: NothingToDo | None = None
     try:
-        result = compute_scores(**method_inputs(stats), params=params)
+        if params.unit == "direction":
+            from ucan_cli.methods.ucan.direction import select_directions
+
+            result, verdict = select_directions(stats, params)
+        else:
+            result = compute_scores(**method_inputs(stats), params=params)
     except NothingToDo as exc:
         nothing = exc
     prep.timings["scoring_s"] = time.perf_counter() - t2
     prep.timings["total_s"] = time.perf_counter() - t0
     tokens = prep.meta["tokens"]["forget_total"] + prep.meta["tokens"]["retain_total"]
     prep.timings["tokens_per_s"] = tokens / prep.timings["passes_s"] if prep.timings["passes_s"] > 0 else None
-    overview = contrast_overview(result if result is not None else nothing.result)
+    if params.unit == "direction":
+        overview = direction_overview(result if result is not None else nothing.result, None if result is None else verdict)
+    else:
+        overview = contrast_overview(result if result is not None else nothing.result)
     meta = dict(prep.meta)
     meta["verdict"] = {k: v for k, v in overview.items() if k != "arrays"}
     meta["summary"] = result.summary() if result is not None else nothing.details
@@ -465,16 +504,19 @@ def score_dry_run(
         seconds = 0.0
         for _ in range(2):  # the first call includes one-off warm-up; time a second one when cheap
             t = time.perf_counter()
-            collect_statistics(
-                model, prep.adapter, probe, [], halves=([], []), unit=params.unit, scope=token_scope,
-                batch_size=batch_size, pad_id=_pad_id(prep.tokenizer),
-            )
+            _collect(model, prep, probe, [], ([], []), params, token_scope, batch_size, None)
             seconds = time.perf_counter() - t
             if seconds > 1.0:
                 break
     probe_positions = _padded_tokens(probe, batch_size)
     total_positions = _padded_tokens(prep.forget_encoded, batch_size) + _padded_tokens(prep.retain_encoded, batch_size)
     estimate = seconds / probe_positions * total_positions if probe_positions else 0.0
+    memory = None
+    if params.unit == "direction":  # d_in^2 float64 per module and set; more groups, more passes
+        from ucan_cli.methods.ucan.moments import memory_estimate
+
+        memory = memory_estimate(prep.adapter, params.max_memory)
+        estimate *= memory["groups"]
     counts = {
         "n_forget": prep.meta["n_forget"],
         "n_retain": prep.meta["n_retain"],
@@ -484,9 +526,11 @@ def score_dry_run(
         "truncated": prep.meta["truncated"],
         "positions": total_positions,
         "batches": math.ceil(len(prep.forget_encoded) / batch_size) + math.ceil(len(prep.retain_encoded) / batch_size),
-        "units": sum(m.d_out if params.unit == "output" else m.r for m in prep.adapter.modules),
+        "units": sum({"output": m.d_out, "rank": m.r, "direction": m.d_in}[params.unit] for m in prep.adapter.modules),
         "modules": len(prep.adapter.modules),
     }
+    if memory is not None:
+        counts["memory"] = memory
     return ScorePlan(
         meta=prep.meta,
         counts=counts,

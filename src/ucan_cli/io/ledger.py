@@ -17,10 +17,11 @@ no spaces, ASCII, no NaN) with:
   adds ``kind: "gradient"`` and ``steps_run``, with
   ``n_edited`` 0: it changes A and B everywhere, not per-unit factors, so it composes nothing and
   the cumulative factors below are carried unchanged (they remain the record of the lineage's
-  U-CAN edits, and the floor rule of a later U-CAN request still reads them); ``negate`` adds
-  ``kind: "negate"`` and its ``scale`` and carries them the same way; ``retrain`` adds
-  ``kind: "retrain"`` and restarts them (every LoRA weight is new: no earlier factor describes
-  it, so the entry lists none);
+  U-CAN edits, and the floor rule of a later U-CAN request still reads them); an edit by direction
+  units (``unit: "direction"``, SPEC 3b) likewise edits A, passes no factors and carries them;
+  ``negate`` adds ``kind: "negate"`` and its ``scale`` and carries them the same way; ``retrain``
+  adds ``kind: "retrain"`` and restarts them (every LoRA weight is new: no earlier factor
+  describes it, so the entry lists none);
 * ``cumulative_factors``: ``{"output": {module: {"index": [...], "factor": [...]}}, "rank": {...}}``,
   the product of every factor applied so far, per unit kind, listing only units whose factor is
   not 1 (indices ascending). Output and rank factors act on different sides of B
@@ -52,6 +53,9 @@ from ucan_cli.errors import InputError
 LEDGER_NAME = "ucan_ledger.jsonl"
 LEDGER_VERSION = 1
 UNIT_KINDS = ("output", "rank")
+#: The kinds an entry's ``unit`` may name: direction edits (SPEC 3b) change A, carry no per-unit
+#: factors and leave the cumulative factors (output and rank only) unchanged.
+ENTRY_UNITS = (*UNIT_KINDS, "direction")
 _REQUIRED = {
     "ledger_version": int,
     "seq": int,
@@ -204,8 +208,8 @@ def parse_ledger(raw: bytes, path: Path) -> Ledger:
                 "field 'prev_hash' does not match the SHA-256 of the previous line; the chain is broken"
                 if expected is not None else "field 'prev_hash' must be null on the first line; the chain is broken",
             )
-        if data["unit"] not in UNIT_KINDS:
-            raise _bad(path, number, f"field 'unit' must be one of {', '.join(UNIT_KINDS)}")
+        if data["unit"] not in ENTRY_UNITS:
+            raise _bad(path, number, f"field 'unit' must be one of {', '.join(ENTRY_UNITS)}")
         _check_factors(path, number, data["cumulative_factors"])
         if prev is not None and data["input_matches_ledger"] and data["input_adapter_sha256"] != prev.data["output_adapter_sha256"]:
             raise _bad(path, number, "field 'input_adapter_sha256' is not the previous line's output_adapter_sha256; the chain is broken")

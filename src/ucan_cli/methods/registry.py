@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     "retrain": "ucan_cli.methods.retrain.method:Retrain",
     "negate": "ucan_cli.methods.negate.method:Negate",
     "prune": "ucan_cli.methods.prune.method:Prune",
+    "ucan-direction": "ucan_cli.methods.ucan.method:UCanDirection",
 }
 
 DEFAULT = "ucan"

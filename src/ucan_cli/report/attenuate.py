@@ -22,6 +22,11 @@ DISCLAIMER = (
     "it, and modules_to_save (fully fine-tuned copies that ucan does not edit) still hold the data."
 )
 
+DIRECTION_DISCLAIMER = (
+    "U-CAN with direction units is approximate unlearning with no formal guarantee: it removes from A the input "
+    "directions where the forget set carries more energy than the retain set. Earlier copies of the adapter, models "
+    "merged with it, and modules_to_save (fully fine-tuned copies that ucan does not edit) still hold the data."
+)
 GRADIENT_DISCLAIMER = (
     "Gradient unlearning is approximate unlearning with no formal guarantee: it changes the LoRA weights to "
     "make the forget set less likely. Earlier copies of the adapter, models merged with it, and modules_to_save "
@@ -87,7 +92,7 @@ def attenuate_document(
         "lineage": dict(lineage),
         "warnings": list(warnings),
         "timings": {k: float(v) for k, v in timings.items()},
-        "disclaimer": disclaimer or (DISCLAIMER if training is None else GRADIENT_DISCLAIMER),
+        "disclaimer": disclaimer or (GRADIENT_DISCLAIMER if training is not None else DIRECTION_DISCLAIMER if unit == "direction" else DISCLAIMER),
     }
     if training is not None:
         doc["training"] = dict(training)
@@ -103,6 +108,8 @@ def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         return _pruning_headline(doc) if "pruned" in doc["summary"] else _training_headline(doc)
     if is_negation(doc):
         return _negation_headline(doc)
+    if doc["unit"] == "direction":
+        return _direction_headline(doc)
     floor = doc["options"].get("floor", 0.0)
     return [
         ("unit", doc["unit"]),
@@ -138,6 +145,26 @@ def _negation_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
         ]
     return rows + [("cost (forward-pass equivalents)", "0")]
+
+
+def _direction_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Direction units (SPEC 3b): the directions above lambda0 against noise, what the edit of A did."""
+    from ucan_cli.report import fmt
+
+    s, t = doc["summary"], doc["totals"]
+    return [
+        ("unit", f"direction (gate {s['gate']}, strength {fmt(s['strength'])}, shrinkage {fmt(s['shrinkage'])})"),
+        ("directions (live / total)", f"{fmt(s['n_live'])} / {fmt(s['n_units'])}"),
+        ("above lambda0 (noise alone)", f"{fmt(s['n_above_lambda0'])} ({fmt(s['n_noise_above_lambda0'])})"),
+        ("largest max lambda / lambda0", fmt(s["max_lambda_over_lambda0"])),
+        ("directions edited #(s < 0.999)", fmt(s["k"])),
+        ("#(s <= 0.5)", fmt(s["n_at_most_half"])),
+        ("sum(1 - s)", fmt(s["budget_sum_1_minus_s"])),
+        ("modules edited (A only)", f"{t['n_modules_edited']} / {t['n_modules']}"),
+        ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
+        ("relative change of ‖dW‖_F", f"{100 * t['rel_norm_change']:+.3g} %"),
+        ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+    ]
 
 
 def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -233,6 +260,10 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
         if more:
             table.caption = f"{more} more edited modules in ucan_report.json (--json prints every one)"
         ui.table(table)
+    if doc["summary"].get("directions"):
+        from ucan_cli.report.score import render_direction_table
+
+        ui.table(render_direction_table(doc["summary"]["directions"], title="Directions per module (largest max lambda / lambda0 first)", limit=limit))
     timings = doc["timings"]
     ui.table("time per stage: " + ", ".join(f"{k} {timings[k]:.3f} s" for k in timings))
 
@@ -272,6 +303,14 @@ def attenuate_markdown(doc: Mapping[str, Any], *, limit: int | None = 50) -> str
             lines += ["", f"{more} more edited modules are listed in ucan_report.json."]
     else:
         lines.append("None.")
+    if doc["summary"].get("directions"):
+        lines += ["", "## Directions per module", "", "| module | directions edited | above lambda0 | max lambda | lambda0 | min s | sum(1-s) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for m in doc["summary"]["directions"]:
+            lines.append(
+                f"| `{m['name']}` | {m['n_edited']} / {m['directions']} | {m['n_above_lambda0']} | {fmt(m['max_lambda'])} | "
+                f"{fmt(m['lambda0'])} | {fmt(m['min_factor'])} | {fmt(m['sum_1_minus_s'])} |"
+            )
     lines += ["", "## Options", "", "| option | value |", "|---|---|"]
     lines += [f"| {k} | `{json.dumps(v)}` |" for k, v in doc["options"].items()]
     lin = doc["lineage"]

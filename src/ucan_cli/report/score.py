@@ -81,37 +81,69 @@ def _modules(run) -> list[dict[str, Any]]:
     return out
 
 
-def score_document(run, *, output: str | None, written: bool, top: int = 10) -> dict[str, Any]:
-    """The JSON document of ``ucan score --json`` (schema in docs/cli.md)."""
+def _head(run, output: str | None, written: bool) -> dict[str, Any]:
+    """The keys every ``ucan score`` document starts with."""
     meta = run.meta
-    ov = {k: v for k, v in run.overview.items() if k != "arrays"}
-    summary = run.result.summary() if run.result is not None else dict(run.nothing_to_do.details)
     return {
         "schema_version": SCHEMA_VERSION,
         "ucan_version": __version__,
         "output": output,
         "written": written,
         "statistics_from": getattr(run, "statistics_from", "forward pass"),
-        "inputs": {
-            "base": meta["base"],
-            "adapter": meta["adapter_path"],
-            "adapter_sha256": meta["adapter_sha256"],
-            "forget_sha256": meta["forget_sha256"],
-            "retain_sha256": meta["retain_sha256"],
-            "forget_receipt": meta["forget_receipt"],
-            "receipt_key_fingerprint": meta["receipt_key_fingerprint"],
-            "n_forget": meta["n_forget"],
-            "n_retain": meta["n_retain"],
-            "n_half_a": meta["n_half_a"],
-            "n_half_b": meta["n_half_b"],
-            "tokens": meta["tokens"],
-            "truncated": meta["truncated"],
-            "max_length": meta["max_length"],
-            "template": meta["template"],
-            "dtype": meta.get("dtype"),
-            "device_type": meta.get("device_type"),
-        },
+        "inputs": _inputs(meta),
         "method": {**meta["params"], "token_scope": meta["scope"]},
+    }
+
+
+def _inputs(meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "base": meta["base"],
+        "adapter": meta["adapter_path"],
+        "adapter_sha256": meta["adapter_sha256"],
+        "forget_sha256": meta["forget_sha256"],
+        "retain_sha256": meta["retain_sha256"],
+        "forget_receipt": meta["forget_receipt"],
+        "receipt_key_fingerprint": meta["receipt_key_fingerprint"],
+        "n_forget": meta["n_forget"],
+        "n_retain": meta["n_retain"],
+        "n_half_a": meta["n_half_a"],
+        "n_half_b": meta["n_half_b"],
+        "tokens": meta["tokens"],
+        "truncated": meta["truncated"],
+        "max_length": meta["max_length"],
+        "template": meta["template"],
+        "dtype": meta.get("dtype"),
+        "device_type": meta.get("device_type"),
+    }
+
+
+def _direction_document(run, *, output: str | None, written: bool) -> dict[str, Any]:
+    """``ucan score --json`` for direction units (SPEC 3b): the verdict against lambda0 and the
+    per-module table (directions edited, max lambda, lambda0, sum(1 - s)) instead of units."""
+    ov = run.overview
+    summary = run.result.summary() if run.result is not None else dict(run.nothing_to_do.details)
+    modules = summary.pop("directions", [])
+    return {
+        **_head(run, output, written),
+        "noise": {k: ov[k] for k in ("n_units", "n_live", "n_above_lambda0", "n_noise_above_lambda0", "max_lambda_over_lambda0")},
+        "verdict": {"kind": ov["verdict"], "sentence": ov["sentence"], "n_eligible": ov["n_eligible"]},
+        "selection": summary,
+        "nothing_to_do": run.nothing_to_do.message if run.nothing_to_do is not None else None,
+        "modules": modules,
+        "top_units": [],
+        "timings": {k: _num(v) for k, v in run.timings.items()},
+        "warnings": list(run.warnings),
+    }
+
+
+def score_document(run, *, output: str | None, written: bool, top: int = 10) -> dict[str, Any]:
+    """The JSON document of ``ucan score --json`` (schema in docs/cli.md)."""
+    if run.stats.unit == "direction":
+        return _direction_document(run, output=output, written=written)
+    ov = {k: v for k, v in run.overview.items() if k != "arrays"}
+    summary = run.result.summary() if run.result is not None else dict(run.nothing_to_do.details)
+    return {
+        **_head(run, output, written),
         "noise": {
             "n_units": ov["n_units"],
             "n_live": ov["n_live"],
@@ -152,6 +184,9 @@ def render_score(ui, doc: dict[str, Any], *, module_limit: int = 40) -> None:
     )
     data.caption = f"token scope: {doc['method']['token_scope']}; unit: {doc['method']['unit']}"
     ui.table(data)
+    if doc["method"]["unit"] == "direction":
+        render_directions(ui, doc, module_limit)
+        return
 
     modules = doc["modules"]
     interesting = [m for m in modules if m["eligible"]] or modules
@@ -211,6 +246,51 @@ def render_score(ui, doc: dict[str, Any], *, module_limit: int = 40) -> None:
     )
 
 
+def render_direction_table(modules, *, title: str, limit: int | None):
+    """The per-module table of direction units (rich): directions edited, above lambda0, max lambda,
+    lambda0, min s, sum(1 - s); modules with the largest max lambda / lambda0 first."""
+    from rich.table import Table
+
+    from ucan_cli.report import fmt
+
+    def ratio(m):
+        return (m["max_lambda"] or 0.0) / m["lambda0"] if m.get("lambda0") else 0.0
+
+    rows = sorted(modules, key=lambda m: -ratio(m))
+    shown = rows if limit is None else rows[:limit]
+    table = Table(title=title, title_justify="left")
+    table.add_column("module", overflow="fold")
+    for col in ("directions edited", "above lambda0", "max lambda", "lambda0", "min s", "sum(1-s)"):
+        table.add_column(col, justify="right")
+    for m in shown:
+        table.add_row(
+            m["name"], f"{m['n_edited']} / {m['directions']}", fmt(m["n_above_lambda0"]), fmt(m["max_lambda"]),
+            fmt(m["lambda0"]), fmt(m["min_factor"]), fmt(m["sum_1_minus_s"]),
+        )
+    if len(shown) < len(rows):
+        table.caption = f"{len(rows) - len(shown)} more modules; --json gives every one"
+    return table
+
+
+def render_directions(ui, doc: dict[str, Any], module_limit: int) -> None:
+    from rich.text import Text
+
+    from ucan_cli.report import fmt
+
+    ui.table(render_direction_table(doc["modules"], title="Direction units per module (largest max lambda / lambda0 first)", limit=module_limit))
+    noise, verdict, sel = doc["noise"], doc["verdict"], doc["selection"]
+    ui.table(
+        f"directions above their module's lambda0: {fmt(noise['n_above_lambda0'])} (noise alone: "
+        f"{fmt(noise['n_noise_above_lambda0'])}); largest max lambda / lambda0: {fmt(noise['max_lambda_over_lambda0'], 3)}; "
+        f"gate {sel.get('gate', doc['method'].get('gate'))}, strength {fmt(doc['method'].get('strength'))}: "
+        f"{fmt(sel.get('k'))} directions edited, sum(1-s) {fmt(sel.get('budget_sum_1_minus_s'))}"
+    )
+    ui.table(Text(f"Verdict: {verdict['sentence']}.", style=VERDICT_STYLE.get(verdict["kind"], "bold")))
+    timings = doc["timings"]
+    where = f"wrote {doc['output']}" if doc["written"] else "nothing written"
+    ui.table(f"{where}; passes {fmt(timings.get('passes_s'))} s, total {fmt(timings.get('total_s'))} s.")
+
+
 def dry_run_document(plan) -> dict[str, Any]:
     """The JSON document of ``ucan score --dry-run --json``."""
     return {
@@ -249,5 +329,12 @@ def render_dry_run(ui, doc: dict[str, Any]) -> None:
     t.add_row("batches, computed positions", f"{fmt(c['batches'])}, {fmt(c['positions'])}")
     p = doc["probe"]
     t.add_row("probe batch", f"{fmt(p['records'])} records, {fmt(p['positions'])} positions, {fmt(p['seconds'])} s")
+    if "memory" in c:  # direction units: d_in^2 float64 per module and set
+        mem = c["memory"]
+        t.add_row(
+            "second moments (4 x d_in^2 float64 per module)",
+            f"{mem['moment_bytes_total'] / 2**20:.4g} MiB in all, {mem['moment_bytes_largest_module'] / 2**20:.4g} MiB largest module; "
+            f"{mem['groups']} group(s) under --max-memory {fmt(mem['max_memory_gib'])} GiB",
+        )
     t.add_row("estimated time of both passes", f"{fmt(doc['estimate_s'])} s")
     ui.table(t)

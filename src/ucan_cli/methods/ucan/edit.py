@@ -69,7 +69,10 @@ class ModuleChange:
 
 
 def units_per_module(adapter: LoraAdapter, unit: str) -> list[tuple[str, int]]:
-    """(module name, number of units) in module order: d_out per module for output units, r for rank."""
+    """(module name, number of units) in module order: d_out per module for output units, r for rank,
+    d_in for direction units (SPEC 3b)."""
+    if unit == "direction":
+        return [(m.name, m.d_in) for m in adapter.modules]
     if unit not in UNIT_KINDS:
         raise ValueError(f"unit must be one of {UNIT_KINDS}, got {unit!r}")
     return [(m.name, m.d_out if unit == "output" else m.r) for m in adapter.modules]

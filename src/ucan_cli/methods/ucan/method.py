@@ -72,4 +72,27 @@ class UCan(Method):
     statistics = ACTIVATIONS
 
     def edit(self, source, stats, params: MethodParams, *, seed: int = 0, cumulative: np.ndarray | None = None) -> Edit:
+        if params.unit == "direction":  # SPEC 3b: second moments in, an edit of A out (methods/ucan/direction.py)
+            from ucan_cli.methods.ucan.direction import edit_directions
+
+            return edit_directions(source, stats, params)
         return edit_from_selection(source, stats, params, cumulative, lambda result: (result.s, result, result.summary()))
+
+
+class UCanDirection(UCan):
+    """U-CAN with direction units (SPEC 3b): ``--method ucan-direction`` is ``--method ucan --unit
+    direction``, under a name of its own so that method lists (``ucan compare``, benchmarks) can
+    name it beside ``ucan``. ``unit`` is the unit the flow fixes for it."""
+
+    name = "ucan-direction"
+    pretty_name = "U-CAN (direction units)"
+    description = (
+        "the input directions where the forget set carries far more energy than the retain set, removed from A in "
+        "closed form (U-CAN with direction units, SPEC 3b, as formulated by ucan-cli)"
+    )
+    unit = "direction"
+
+    def edit(self, source, stats, params: MethodParams, *, seed: int = 0, cumulative: np.ndarray | None = None) -> Edit:
+        if params.unit != "direction":
+            raise ValueError(f"{self.name} edits direction units; got params with unit {params.unit!r}")
+        return super().edit(source, stats, params, seed=seed, cumulative=None)

@@ -31,7 +31,12 @@ from ucan_cli.errors import InputError
 from ucan_cli.methods.params import OptionSpec, option
 
 DECAYS = ("sigmoid", "exp", "hard")
-UNITS = ("output", "rank")
+UNITS = ("output", "rank", "direction")
+GATES = ("noise", "none")
+#: Options of direction units only (SPEC 3b); the documents of other units do not carry them.
+DIRECTION_ONLY = ("gate", "strength", "shrinkage", "max_memory")
+#: U-CAN's steps 2-5 options, which direction units do not use (their documents do not carry them).
+UNIT_SCORING_ONLY = ("lam", "t_risk", "min_gap", "ratio", "tau", "decay", "sharpness", "floor", "no_contrast", "no_utility")
 TOKEN_SCOPES = ("response", "last", "all")
 
 
@@ -52,7 +57,11 @@ class MethodParams:
         floor: smallest factor, in [0, 1) (``--floor``).
         no_contrast: ablation w/o C (``--no-contrast``).
         no_utility: ablation w/o F, lambda = 0 (``--no-utility``).
-        unit: ``output`` (default) or ``rank`` (``--unit``).
+        unit: ``output`` (default), ``rank`` or ``direction`` (``--unit``; SPEC 3b).
+        gate, strength, shrinkage, max_memory: direction units only (SPEC 3b): the noise gate
+            (``noise`` or ``none``), mu, the ridge alpha (delta = alpha trace(S^r) / d_in) and
+            the GiB of second moments held at once. Declared last: the field order is part of the
+            score-file format.
 
     Defaults were tuned on the demo world (benchmarks/sweep.py; evidence in docs/method.md,
     "Tuned defaults (evidence)").
@@ -84,8 +93,29 @@ class MethodParams:
     no_utility: bool = option(False, "--no-utility/--utility", "Ablation w/o F: lambda = 0.")
     unit: str = option(
         "output", "--unit",
-        "Unit to score and edit: output (one output neuron of B A; default) or rank (one LoRA bottleneck neuron).",
+        "Unit to score and edit: output (one output neuron of B A; default), rank (one LoRA bottleneck neuron) or "
+        "direction (input directions where the forget set has more energy than the retain set; edits A; SPEC 3b).",
         choices=UNITS, statistics=True,
+    )
+    gate: str = option(
+        "noise", "--gate",
+        "Direction units: noise (default: only the forget energy above the retain-half-vs-half level lambda0 is "
+        "removed) or none (the closed form A (S_r + delta I)(S_r + mu S_f + delta I)^-1).",
+        choices=GATES,
+    )
+    strength: float = option(
+        1.0, "--strength", "Direction units: mu, how hard forget energy is removed, s = 1 / (1 + mu lambda) (default 1).",
+        min=0.0,
+    )
+    shrinkage: float = option(
+        1e-6, "--shrinkage", "Direction units: ridge delta = shrinkage x trace(S_r) / d_in added to S_r (default 1e-6).",
+        min=0.0,
+    )
+    max_memory: float = option(
+        4.0, "--max-memory",
+        "Direction units: GiB of float64 second moments (4 x d_in^2 x 8 bytes per module) held at once; wider "
+        "adapters are measured a group of modules at a time, one pass per group (default 4).",
+        min=0.0,
     )
 
     def validate(self) -> MethodParams:
@@ -117,6 +147,14 @@ class MethodParams:
             raise InputError(f"--floor must be in [0, 1), got {self.floor}")
         if self.unit not in UNITS:
             raise InputError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if self.gate not in GATES:
+            raise InputError(f"--gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+        if not (finite(self.strength) and self.strength >= 0):
+            raise InputError(f"--strength must be a finite number >= 0, got {self.strength}")
+        if not (finite(self.shrinkage) and self.shrinkage >= 0):
+            raise InputError(f"--shrinkage must be a finite number >= 0, got {self.shrinkage}")
+        if not (finite(self.max_memory) and self.max_memory > 0):
+            raise InputError(f"--max-memory must be a finite number of GiB > 0, got {self.max_memory}")
         return self
 
     @property
@@ -156,9 +194,11 @@ def spec(name: str) -> OptionSpec:
     raise KeyError(name)
 
 
-#: Documented defaults of every option, keyed by field name, in CLI order (``MethodParams()``'s
-#: values plus ``token_scope`` and ``halves``).
-DEFAULTS: dict[str, Any] = {f.name: f.default for f in option_fields()}
+#: Documented defaults of every option of the default unit kind, keyed by field name, in CLI order
+#: (``MethodParams()``'s values plus ``token_scope`` and ``halves``).
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in option_fields() if f.name not in DIRECTION_ONLY}
+#: The defaults of the direction-unit options (SPEC 3b).
+DIRECTION_DEFAULTS: dict[str, Any] = {f.name: f.default for f in option_fields() if f.name in DIRECTION_ONLY}
 #: Field name -> flag, where the flag is not ``--`` + the name with dashes (``lam``: ``--lambda``).
 FLAGS: dict[str, str] = {
     f.name: f.metadata["option"].long for f in option_fields() if f.metadata["option"].long != "--" + f.name.replace("_", "-")
@@ -190,7 +230,12 @@ def params_from_options(base: MethodParams | None = None, **given: Any) -> Metho
         if excluded:
             changes[excluded] = None
     params = base if base is not None else MethodParams()
-    return replace(params, **changes).validate()
+    params = replace(params, **changes).validate()
+    if params.unit != "direction":
+        stray = [name for name in DIRECTION_ONLY if name in changes]
+        if stray:
+            raise InputError(f"{spec(stray[0]).long}: an option of --unit direction (this run uses --unit {params.unit})")
+    return params
 
 
 def resolve_token_scope(token_scope: str | None, fallback: str | None = None) -> str:
@@ -203,8 +248,10 @@ def resolve_token_scope(token_scope: str | None, fallback: str | None = None) ->
 
 def params_to_dict(params: MethodParams) -> dict[str, Any]:
     """JSON/TOML-friendly view of the parameters, keyed by field name in field order (the report's
-    and the ledger's ``options``)."""
-    return {f.name: getattr(params, f.name) for f in fields(params)}
+    and the ledger's ``options``): only those of the run's unit kind (output and rank units do not
+    carry the direction options, direction units not the steps 2-5 ones)."""
+    skip = UNIT_SCORING_ONLY if params.unit == "direction" else DIRECTION_ONLY
+    return {f.name: getattr(params, f.name) for f in fields(params) if f.name not in skip}
 
 
 def params_from_dict(data: dict[str, Any]) -> MethodParams:
@@ -218,12 +265,15 @@ def params_from_dict(data: dict[str, Any]) -> MethodParams:
 def option_values(params: MethodParams, *, token_scope: str | None, halves: str | None) -> dict[str, Any]:
     """Every option's resolved value keyed by field name, in CLI order (``ucan_config.toml``)."""
     values = {**params_to_dict(params), "token_scope": token_scope, "halves": halves}
-    return {f.name: values[f.name] for f in option_fields()}
+    return {f.name: values[f.name] for f in option_fields() if f.name in values}
 
 
 __all__ = [
     "DECAYS",
     "DEFAULTS",
+    "DIRECTION_DEFAULTS",
+    "DIRECTION_ONLY",
+    "GATES",
     "EXCLUSIVE",
     "FLAGS",
     "MethodParams",

@@ -17,13 +17,20 @@ any parameters, without a forward pass. Layout (schema 1):
   statistics cannot be moved to another adapter's metadata or edited without ``attenuate``
   noticing. It is a checksum, not a signature: it catches edits, not a forger who recomputes it.
 
+Direction units (``unit`` ``direction``, SPEC 3b) store what their edit needs, the second moments,
+so ``attenuate --scores`` can redo the solve under any ``--gate``, ``--strength`` and
+``--shrinkage``: ``module_sizes`` (int64, M: d_in per module) and, for each set,
+``<set>.moments.<m>`` (float64, d_in x d_in: the sum of x x^T over the set's scoped tokens of
+module m) and ``<set>.tokens`` (float64, 1); with a result, ``result.lambda.<m>`` and
+``result.s.<m>`` (float64, d_in) and ``result.lambda0`` (float64, M). Same metadata and integrity
+hash. Size: 4 x 8 x d_in^2 bytes per module (64 x 64-wide modules: 8 MiB).
+
 The file never holds record text, ids or per-record values: only per-unit sums over sets.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +39,7 @@ from ucan_cli.methods.ucan.statistics import SET_NAMES, Statistics
 from ucan_cli.errors import InputError
 from ucan_cli.io.canonical import canonical_safetensors
 from ucan_cli.io.outdir import atomic_write_file
-from ucan_cli.methods.ucan.params import TOKEN_SCOPES, UNITS
+from ucan_cli.methods.ucan.params import TOKEN_SCOPES, UNITS, params_to_dict
 from ucan_cli.methods.ucan.scoring import ScoreResult, SetStats
 
 FORMAT = "ucan-scores"
@@ -65,7 +72,8 @@ def integrity_hash(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> 
 
 def score_file_bytes(stats: Statistics, result: ScoreResult | None, meta: dict) -> bytes:
     """The score file's bytes (deterministic for equal inputs)."""
-    from safetensors.numpy import save
+    if stats.unit == "direction":
+        return _direction_bytes(stats, result, meta)
 
     tensors: dict[str, np.ndarray] = {
         "module_ids": np.ascontiguousarray(stats.module_ids, dtype=np.int64),
@@ -78,18 +86,7 @@ def score_file_bytes(stats: Statistics, result: ScoreResult | None, meta: dict) 
         st: SetStats = getattr(stats, name)
         for field in STAT_FIELDS:
             tensors[f"{name}.{field}"] = np.ascontiguousarray(getattr(st, field), dtype=np.float64)
-    header = {
-        "unit": stats.unit,
-        "scope": stats.scope,
-        "module_names": list(stats.module_names),
-        "n_records": {name: getattr(stats, name).n_records for name in SET_NAMES},
-    }
-    metadata = {
-        "ucan_format": FORMAT,
-        "ucan_schema": str(SCHEMA_VERSION),
-        "statistics": json.dumps(header, allow_nan=False),
-        "meta": json.dumps(meta, allow_nan=False, sort_keys=True),
-    }
+    metadata = _metadata(stats, meta)
     if result is not None:
         for name in RESULT_FLOATS:
             tensors[f"result.{name}"] = np.ascontiguousarray(getattr(result, name), dtype=np.float64)
@@ -98,10 +95,68 @@ def score_file_bytes(stats: Statistics, result: ScoreResult | None, meta: dict) 
         tensors["result.eps"] = np.ascontiguousarray(result.eps, dtype=np.float64)
         tensors["result.eps0"] = np.ascontiguousarray(result.eps0, dtype=np.float64)
         metadata["result"] = json.dumps(
-            {"params": asdict(result.params), "summary": result.summary()}, allow_nan=False, sort_keys=True
+            {"params": params_to_dict(result.params), "summary": result.summary()}, allow_nan=False, sort_keys=True
         )
+    return _finish(tensors, metadata)
+
+
+def _metadata(stats, meta: dict) -> dict[str, str]:
+    """The metadata every score file carries (before the result and the integrity hash)."""
+    header = {
+        "unit": stats.unit,
+        "scope": stats.scope,
+        "module_names": list(stats.module_names),
+        "n_records": {name: getattr(stats, name).n_records for name in SET_NAMES},
+    }
+    return {
+        "ucan_format": FORMAT,
+        "ucan_schema": str(SCHEMA_VERSION),
+        "statistics": json.dumps(header, allow_nan=False),
+        "meta": json.dumps(meta, allow_nan=False, sort_keys=True),
+    }
+
+
+def _finish(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    from safetensors.numpy import save
+
     metadata[INTEGRITY_KEY] = integrity_hash(tensors, metadata)
     return canonical_safetensors(save(tensors, metadata=metadata))
+
+
+def _direction_bytes(stats, result, meta: dict) -> bytes:
+    """A direction-unit score file (layout in the module docstring)."""
+    tensors: dict[str, np.ndarray] = {"module_sizes": np.asarray(stats.module_sizes, dtype=np.int64)}
+    for name in SET_NAMES:
+        st = getattr(stats, name)
+        tensors[f"{name}.tokens"] = np.asarray([st.tokens], dtype=np.float64)
+        for m, moment in enumerate(st.sums):
+            tensors[f"{name}.moments.{m}"] = np.ascontiguousarray(moment, dtype=np.float64)
+    metadata = _metadata(stats, meta)
+    if result is not None:
+        tensors["result.lambda0"] = np.asarray([m.lambda0 for m in result.modules], dtype=np.float64)
+        for i, module in enumerate(result.modules):
+            lam = module.solution.lam if module.solution is not None else np.zeros_like(module.s)
+            tensors[f"result.lambda.{i}"] = np.ascontiguousarray(lam, dtype=np.float64)
+            tensors[f"result.s.{i}"] = np.ascontiguousarray(module.s, dtype=np.float64)
+        metadata["result"] = json.dumps(
+            {"params": params_to_dict(result.params), "summary": result.summary()}, allow_nan=False, sort_keys=True
+        )
+    return _finish(tensors, metadata)
+
+
+def _load_directions(header: dict, tensor) -> object:
+    from ucan_cli.methods.ucan.moments import MomentStatistics, SetMoments
+
+    sizes = tensor("module_sizes").tolist()
+    sets = {
+        name: SetMoments(
+            sums=[tensor(f"{name}.moments.{m}") for m in range(len(sizes))],
+            tokens=float(tensor(f"{name}.tokens")[0]),
+            n_records=int(header["n_records"][name]),
+        )
+        for name in SET_NAMES
+    }
+    return MomentStatistics(scope=header["scope"], module_names=list(header["module_names"]), module_sizes=sizes, **sets)
 
 
 def save_score_file(path: str | Path, stats: Statistics, result: ScoreResult | None, meta: dict, *, force: bool) -> Path:
@@ -109,7 +164,7 @@ def save_score_file(path: str | Path, stats: Statistics, result: ScoreResult | N
     return atomic_write_file(path, score_file_bytes(stats, result, meta), force=force)
 
 
-def load_score_file(path: str | Path) -> tuple[Statistics, dict]:
+def load_score_file(path: str | Path) -> tuple[Statistics, dict]:  # MomentStatistics for direction units
     """Read a score file back: the statistics and the meta dict written with them.
 
     Raises ``InputError`` naming the file for anything that is not a ucan score file of a known
@@ -156,6 +211,8 @@ def load_score_file(path: str | Path) -> tuple[Statistics, dict]:
     if header.get("unit") not in UNITS or header.get("scope") not in TOKEN_SCOPES:
         raise InputError(f"{path}: damaged score file: unit {header.get('unit')!r}, scope {header.get('scope')!r}")
     try:
+        if header["unit"] == "direction":
+            return _load_directions(header, tensor), meta
         sets = {
             name: SetStats(
                 **{field: tensor(f"{name}.{field}") for field in STAT_FIELDS},
@@ -173,6 +230,6 @@ def load_score_file(path: str | Path) -> tuple[Statistics, dict]:
             b_col_norms=tensors.get("b_col_norms"),
             **sets,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise InputError(f"{path}: damaged score file ({exc})") from None
     return stats, meta

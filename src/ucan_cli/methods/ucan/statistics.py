@@ -355,9 +355,26 @@ def _stream(
 ) -> _Accumulator:
     """One pass over ``encoded``; ``groups`` (G, n_records) bool says which group each record is in."""
     acc = _Accumulator(groups.shape[0], n_units, len(layers), model_device(model))
+    hooks = [(layer.lora_A[adapter_name], acc.hook(i)) for i, layer in enumerate(layers)]
+    run_passes(
+        model, acc, hooks, encoded, groups, scope=scope, batch_size=batch_size, pad_id=pad_id, padding_side=padding_side,
+        progress=progress, description=description, reduce=lambda: acc.reduce(blocks),
+    )
+    return acc
+
+
+def run_passes(
+    model, acc, hooks, encoded, groups: np.ndarray, *, scope: str, batch_size: int, pad_id: int, padding_side: str,
+    progress: ProgressFactory, description: str, reduce, pre_hooks: bool = False,
+) -> None:
+    """One pass over ``encoded`` with ``hooks`` ((module, hook) pairs: forward hooks, or forward
+    pre-hooks with ``pre_hooks``) registered: per batch ``acc.begin_batch(scope mask, groups)``,
+    the forward pass, a check that every hooked module ran exactly once (``acc.calls``), then
+    ``reduce()``. Shared by the activation statistics and the second moments (``moments.py``)."""
     if not encoded:
-        return acc
-    handles = [layer.lora_A[adapter_name].register_forward_hook(acc.hook(i)) for i, layer in enumerate(layers)]
+        return
+    register = "register_forward_pre_hook" if pre_hooks else "register_forward_hook"
+    handles = [getattr(module, register)(hook) for module, hook in hooks]
     extra = {"use_cache": False}
     if accepts_logits_to_keep(model):
         extra["logits_to_keep"] = 1
@@ -373,12 +390,11 @@ def _stream(
                         f"LoRA module #{bad} ran {acc.calls[bad]} times in one forward pass; ucan needs each "
                         "adapted module to run exactly once (is the adapter merged or disabled?)"
                     )
-                acc.reduce(blocks)
+                reduce()
                 advance(len(batch.index))
     finally:
         for handle in handles:
             handle.remove()
-    return acc
 
 
 def collect_statistics(
