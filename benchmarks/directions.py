@@ -8,6 +8,7 @@ NDCG@10, MIA AUC, forget and retain KL to the original. Issue 11 item 4 (tuning 
 world, held-out seeds, paired bootstrap) builds on this.
 
     python benchmarks/directions.py --seed 0 --scenario group
+    python benchmarks/directions.py --quick      # the small world, two configurations (CI smoke run)
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def main(argv=None) -> int:
     parser.add_argument("--scenario", default="group")
     parser.add_argument("--size", default="default")
     parser.add_argument("--world", default=None)
+    parser.add_argument("--quick", action="store_true", help="the small world, two configurations (a smoke run)")
     args = parser.parse_args(argv)
+    configs = CONFIGS[:1] + CONFIGS[3:4] if args.quick else CONFIGS
+    if args.quick:
+        args.size = "small"
     from ucan_cli.errors import NothingToDo
     from ucan_cli.flows.attenuate import attenuate
     from ucan_cli.flows.score import score
@@ -54,7 +59,7 @@ def main(argv=None) -> int:
             scores[unit] = save_score_file(Path(tmp) / f"{unit}.safetensors", run.stats, run.result, run.meta, force=False)
             print(f"{unit}: verdict {run.overview['verdict']}: {run.overview['sentence']}", file=sys.stderr)
         rows, dirs = [], []
-        for name, options in CONFIGS:
+        for name, options in configs:
             out = bench.new_dir("adapter")
             try:
                 run = attenuate(bench.original, out, scores=scores[options.get("unit", "output")], params=options,
