@@ -185,6 +185,7 @@ def test_a_declining_method_is_a_row_with_its_reason(world, tmp_path, monkeypatc
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "ga", "--set", "ga.bogus=1"], "not an option of --method ga"),
     (["--methods", "retrain"], "needs --train"),
+    (["--reference", "nowhere"], "--reference nowhere: not a LoRA adapter directory"),
 ])
 def test_bad_settings_exit_2_and_write_nothing(world, tmp_path, extra, message):
     out = tmp_path / "out"
@@ -301,24 +302,28 @@ def _row(label, forget_r5, retain_ndcg, mia, *, method=None, fwd=100, ref=(0.2, 
             "forward_equivalents": fwd, "gap_to_reference": {"forget_recall@5": round(abs(forget_r5 - ref[0]), 6), "mia_auc": round(abs(mia - ref[1]), 6)}}
 
 
-def test_reading_names_the_closest_method_that_keeps_utility_and_what_eval_flags_on_it():
+def test_reading_names_the_closest_method_that_keeps_utility_and_what_eval_flags():
     """By hand: original retain NDCG@10 1.0, so the floor is 0.95. 'wreck' is closest to the
-    reference but below the floor; 'near' (gaps 0.05 + 0.05) beats 'far' (0.3 + 0.2); eval's
-    collapse warning on 'near' is repeated; U-CAN's edit is named beside it."""
+    reference but below the floor; 'near' (gaps 0.05 + 0.05) is next but eval flags a collapse on
+    it, so 'mid' (0.1 + 0.1) is the pick and 'near' is named with its flag; 'far' (0.3 + 0.2)
+    loses; a warning on another row ('nearby') is not near's; U-CAN's edit is named beside them."""
     from ucan_cli.flows.compare import reading
 
     anchors = {"original": {"forget_recall@5": 0.9, "retain_ndcg@10": 1.0}, "reference": {"forget_recall@5": 0.2, "mia_auc": 0.3}}
     rows = [_row("ucan", 0.5, 0.96, 0.5, fwd=800), _row("far", 0.5, 0.99, 0.5), _row("near", 0.25, 0.951, 0.35, fwd=300),
-            _row("wreck", 0.2, 0.5, 0.3)]
-    text = reading(rows, anchors, None, ["near: possible collapse: retain PPL rose", "nearby: not this one"])
-    assert text.startswith("Closest to the reference with retain NDCG@10 within 0.95x the original's: near (forget R@5 0.900 -> 0.250, "
-                           "the reference's 0.200; MIA AUC 0.350, the reference's 0.300; retain NDCG@10 0.951; 300 forward-pass "
-                           "equivalents); but eval flags it: possible collapse: retain PPL rose. U-CAN's edit (ucan): forget R@5 0.500, "
-                           "retain NDCG@10 0.960, 800 forward-pass equivalents.")
+            _row("mid", 0.3, 0.97, 0.4, fwd=200), _row("wreck", 0.2, 0.5, 0.3), _row("nearby", 0.9, 0.99, 0.9)]
+    warnings = ["near: possible collapse: retain PPL rose", "nearby: possible collapse: not this one"]
+    text = reading(rows, anchors, None, warnings)
+    assert text.startswith("Closest to the reference with retain NDCG@10 within 0.95x the original's and no collapse flagged: mid "
+                           "(forget R@5 0.900 -> 0.300, the reference's 0.200; MIA AUC 0.400, the reference's 0.300; retain NDCG@10 "
+                           "0.970; 200 forward-pass equivalents). near comes closer (forget R@5 0.250, retain NDCG@10 0.951) but eval "
+                           "flags possible collapse: retain PPL rose. U-CAN's edit (ucan): forget R@5 0.500, retain NDCG@10 0.960, "
+                           "800 forward-pass equivalents.")
     assert "not this one" not in text and "No reference" not in text
-    # without a reference: the most forgetting that keeps utility, and the hint to get one
-    no_ref = reading(rows, {"original": anchors["original"]})
-    assert "Most forgetting with retain NDCG@10 within 0.95x the original's: near" in no_ref and "No reference: pass --reference" in no_ref
+    # without a reference: the most forgetting that keeps utility unflagged, and the hint to get one
+    no_ref = reading(rows, {"original": anchors["original"]}, None, warnings)
+    assert "Most forgetting with retain NDCG@10 within 0.95x the original's and no collapse flagged: mid" in no_ref
+    assert "No reference: pass --reference" in no_ref
 
 
 def test_equal_forgetting_summary_by_hand():

@@ -292,6 +292,9 @@ def compare(
     for path, flag in ((forget, "--forget"), (retain, "--retain"), (holdout, "--holdout"), (train, "--train")):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{flag} {path}: no such file")
+    for path, flag in ((adapter, "--adapter"), (reference, "--reference")):  # eval reads the reference last: check it first
+        if path is not None and not (Path(path) / "adapter_config.json").is_file():
+            raise InputError(f"{flag} {path}: not a LoRA adapter directory (no adapter_config.json)")
     warnings: list[str] = []
     common = dict(template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
                   allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -529,10 +532,11 @@ def reading(rows: Sequence[Mapping[str, Any]], anchors: Mapping[str, Mapping[str
 
     In order: what declined (U-CAN declining means its contrast found nothing above noise: then
     which methods acted); among the methods that keep retain NDCG@10 within ``UTILITY_FLOOR`` of
-    the original's, the one closest to the reference (smallest gap in forget Recall@5 plus gap in
-    MIA AUC; without a reference, the one that forgets most), with any collapse eval flagged on it
-    and U-CAN's edit beside it; what each gradient method paid to reach U-CAN's forgetting. Pure:
-    it reads the rows it is given."""
+    the original's and that eval does not flag as a possible collapse (``warnings``: a retain
+    perplexity blown up is not acceptable utility either), the one closest to the reference
+    (smallest gap in forget Recall@5 plus gap in MIA AUC; without a reference, the one that forgets
+    most), then any flagged method that came closer, with its flag, and U-CAN's edit beside them;
+    what each gradient method paid to reach U-CAN's forgetting. Pure: it reads what it is given."""
     original = anchors["original"]
     reference = anchors.get("reference")
     floor = original.get("retain_ndcg@10")
@@ -551,22 +555,29 @@ def reading(rows: Sequence[Mapping[str, Any]], anchors: Mapping[str, Mapping[str
     else:
         kept = candidates
     with_reference = reference is not None and reference.get("forget_recall@5") is not None
+
+    def flags(row) -> list[str]:  # eval's collapse warnings on this row (they are prefixed with its label)
+        return [w.split(": ", 1)[1] for w in warnings if w.startswith(row["label"] + ": ") and "collapse" in w]
+
+    def closeness(row) -> float:  # lower is better
+        if with_reference:
+            g = row.get("gap_to_reference") or {}
+            return (g.get("forget_recall@5") or 0.0) + (g.get("mia_auc") or 0.0)
+        return row["metrics"]["forget_recall@5"]
+
+    clean = [r for r in kept if not flags(r)]
     if not kept:
         if candidates:
             parts.append(f"No method kept retain NDCG@10 within {UTILITY_FLOOR}x the original's.")
+    elif not clean:
+        parts.append(f"Every method that kept retain NDCG@10 within {UTILITY_FLOOR}x the original's is flagged by eval: "
+                     + "; ".join(f"{r['label']}: {', '.join(flags(r))}" for r in kept) + ".")
     else:
-        if with_reference:
-            def gap(r):
-                g = r.get("gap_to_reference") or {}
-                return (g.get("forget_recall@5") or 0.0) + (g.get("mia_auc") or 0.0)
-
-            best = min(kept, key=gap)
-            text = f"Closest to the reference with retain NDCG@10 within {UTILITY_FLOOR}x the original's: {best['label']}"
-        else:
-            best = min(kept, key=lambda r: r["metrics"]["forget_recall@5"])
-            text = f"Most forgetting with retain NDCG@10 within {UTILITY_FLOOR}x the original's: {best['label']}"
+        best = min(clean, key=closeness)
+        which = "Closest to the reference" if with_reference else "Most forgetting"
         m = best["metrics"]
-        text += f" (forget R@5 {original.get('forget_recall@5'):.3f} -> {m['forget_recall@5']:.3f}"
+        text = (f"{which} with retain NDCG@10 within {UTILITY_FLOOR}x the original's and no collapse flagged: {best['label']} "
+                f"(forget R@5 {original.get('forget_recall@5'):.3f} -> {m['forget_recall@5']:.3f}")
         if with_reference:
             text += f", the reference's {reference['forget_recall@5']:.3f}"
             if m.get("mia_auc") is not None and reference.get("mia_auc") is not None:
@@ -574,11 +585,11 @@ def reading(rows: Sequence[Mapping[str, Any]], anchors: Mapping[str, Mapping[str
         text += f"; retain NDCG@10 {m['retain_ndcg@10']:.3f}"
         if best.get("forward_equivalents") is not None:
             text += f"; {best['forward_equivalents']} forward-pass equivalents"
-        text += ")"
-        flags = [w.split(": ", 1)[1] for w in warnings if w.startswith(best["label"] + ": ")]
-        if flags:
-            text += "; but eval flags it: " + "; ".join(flags)
-        parts.append(text + ".")
+        parts.append(text + ").")
+        closer = [r for r in kept if flags(r) and closeness(r) < closeness(best)]
+        for r in closer:
+            parts.append(f"{r['label']} comes closer (forget R@5 {r['metrics']['forget_recall@5']:.3f}, retain NDCG@10 "
+                         f"{r['metrics']['retain_ndcg@10']:.3f}) but eval flags {'; '.join(flags(r))}.")
         ucan = next((r for r in rows if r["method"] == "ucan" and r.get("metrics")), None)
         if ucan is not None and ucan is not best:
             u = ucan["metrics"]
