@@ -81,7 +81,12 @@ def test_writes_the_table_the_adapters_and_the_plot(compared):
     md = (out / "table.md").read_text()
     for row in doc["rows"]:
         assert f"| {row['label']}" in md
-    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from ucan_cli.report.plot import plot_available
+
+    if plot_available():  # matplotlib: the ucan-cli[plot] extra, also in [test]
+        assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not (out / "compare.png").exists() and "pip install 'ucan-cli[plot]'" in done.stderr
     # the retrained adapter is the reference: its gaps are 0, every other row's is |row - reference|
     ref = next(r for r in doc["rows"] if r.get("is_reference"))
     assert ref["method"] == "retrain" and ref["gap_to_reference"] == {"forget_recall@5": 0.0, "mia_auc": 0.0}
@@ -238,6 +243,10 @@ def test_plot_points_and_the_missing_extra(compared, monkeypatch, tmp_path):
     assert "retrain" not in pts  # the reference is drawn as the reference, not as a method
     ga = [r for r in doc["rows"] if r["method"] == "ga" and not r["equal_forgetting"]]
     assert pts["ga"] == [(r["metrics"]["retain_ndcg@10"], r["metrics"]["forget_recall@5"], float(r["forward_equivalents"])) for r in ga]
+    # a hand-made document: a collapse warning crosses out its own row only (not one whose label it prefixes)
+    row = {"label": "ga", "metrics": {"retain_ndcg@10": 0.9, "forget_recall@5": 0.4}}
+    other = {"label": "ga @ U-CAN's forgetting", "metrics": {"retain_ndcg@10": 0.95, "forget_recall@5": 0.5}}
+    assert plot.flagged({"rows": [row, other], "warnings": ["ga: possible collapse: retain PPL rose", "ga @ U-CAN's forgetting: other"]}) == [(0.9, 0.4)]
     assert plot.marker_size(0, 100) == 30.0 and plot.marker_size(100, 100) == 400.0 and plot.marker_size(5, 0) == 30.0
 
 
