@@ -3,7 +3,8 @@
 On the tiny Llama of conftest.py (12 forget, 24 retain, 8 holdout records): the real CLI in a
 subprocess writes table.json / table.md / compare.png whose numbers equal a separate ``ucan eval``
 of the written adapters, the statistics pass runs once, a declining method is a row with its
-reason, equal-forgetting runs stop at the first check that meets U-CAN's forget Recall@5, and a
+reason, equal-forgetting runs stop at the first check that meets U-CAN's forget Recall@5 (their
+cost split into training and checks beside U-CAN's), each row's memory peak is its own, and a
 bad ``--set`` exits 2 with nothing written. No threshold on a trained model is asserted: every
 check compares the run with itself or with an independent computation of the same numbers.
 """
@@ -66,14 +67,26 @@ def test_writes_the_table_the_adapters_and_the_plot(compared):
     assert set(labels[8:]) <= {"ga steps=1 @ U-CAN's forgetting", "graddiff steps=2 @ U-CAN's forgetting"}
     for row in doc["rows"]:
         assert set(row) >= {"label", "method", "options", "status", "reason", "adapter", "metrics", "gap_to_reference",
-                            "seconds", "forward_equivalents", "peak_rss_mb"}
+                            "seconds", "forward_equivalents", "cost", "peak_rss_mb", "peak_rss_scope", "peak_cuda_mb"}
+        assert row["peak_cuda_mb"] is None  # a CPU run
+        if sys.platform == "linux":  # the high-water mark is reset before each row (runtime/memory.py)
+            assert row["peak_rss_scope"] == "stretch" and row["peak_rss_mb"] > 0
+        if row["status"] == "ok" and row["method"] not in ("ucan", "random", "negate"):
+            # the row's forward-pass equivalents are its report's, split the same way
+            report = json.loads((out / row["adapter"] / "ucan_report.json").read_text())
+            assert row["forward_equivalents"] == report["training"]["cost"]["forward_equivalents"] == sum(row["cost"].values())
         if row["status"] == "ok":
             assert (out / row["adapter"] / "adapter_model.safetensors").is_file()
             assert (out / row["adapter"] / "ucan_report.json").is_file()
     md = (out / "table.md").read_text()
     for row in doc["rows"]:
         assert f"| {row['label']}" in md
-    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from ucan_cli.report.plot import plot_available
+
+    if plot_available():  # matplotlib: the ucan-cli[plot] extra, also in [test]
+        assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not (out / "compare.png").exists() and "pip install 'ucan-cli[plot]'" in done.stderr
     # the retrained adapter is the reference: its gaps are 0, every other row's is |row - reference|
     ref = next(r for r in doc["rows"] if r.get("is_reference"))
     assert ref["method"] == "retrain" and ref["gap_to_reference"] == {"forget_recall@5": 0.0, "mia_auc": 0.0}
@@ -115,6 +128,9 @@ def test_one_statistics_pass_shared_by_the_activation_methods(compared, world):
 
 
 def test_equal_forgetting_stops_at_the_first_check_that_meets_the_target(compared):
+    """Whatever each run did (on this tiny world U-CAN's edit leaves forget Recall@5 where it was,
+    so the runs decline: check 0 already meets it; the scripted test below makes a run stop), its
+    row, its report and the summary agree."""
     out, doc, _ = compared
     target = doc["equal_forgetting_target"]
     ucan = next(r for r in doc["rows"] if r["method"] == "ucan")
@@ -136,6 +152,23 @@ def test_equal_forgetting_stops_at_the_first_check_that_meets_the_target(compare
             assert checks[-1]["recall@5"] <= target["value"] and row["steps_run"] == checks[-1]["step"]
         else:
             assert training["stop_reason"] == "budget" and not any(c["met"] for c in checks)
+    # the summary beside U-CAN's cost (issue 12 item 4): training alone, and with the --until checks
+    summary = doc["equal_forgetting"]
+    assert summary["value"] == target["value"] and summary["ucan"] == {
+        "label": ucan["label"], "forward_equivalents": ucan["forward_equivalents"], "seconds": ucan["seconds"]}
+    assert [run["label"] for run in summary["runs"]] == [r["label"] for r in until_rows]
+    for run, row in zip(summary["runs"], until_rows):
+        assert run["reached"] == (row.get("stop_reason") == "target") and run["steps"] == row.get("steps_run")
+        if row["status"] == "ok":
+            cost = row["cost"]
+            assert run["training_forward_equivalents"] == cost["train"] + cost["setup"]
+            assert run["check_forward_equivalents"] == cost["checks"] > 0
+            assert run["forward_equivalents"] == cost["train"] + cost["setup"] + cost["checks"] == row["forward_equivalents"]
+            assert run["x_ucan"] == round(run["training_forward_equivalents"] / 36, 3)  # U-CAN: the 12 + 24 record pass
+            assert run["x_ucan_with_checks"] == round(run["forward_equivalents"] / 36, 3)
+    md = (out / "table.md").read_text()
+    assert "| method | reached | steps | training fwd-eq |" in md and f"| {ucan['label']} | - | - | 36 | 1.00 |" in md
+    assert f"To forget as much as U-CAN (forget R@5 <= {target['value']:.3f}" in doc["reading"]
 
 
 def test_a_declining_method_is_a_row_with_its_reason(world, tmp_path, monkeypatch):
@@ -150,12 +183,14 @@ def test_a_declining_method_is_a_row_with_its_reason(world, tmp_path, monkeypatc
     assert ucan["status"] == "declined" and ucan["reason"] and ucan["adapter"] is None and ucan["metrics"] is None
     assert ga["status"] == "ok" and ga["metrics"] is not None
     assert any("equal forgetting skipped" in w for w in run.warnings)
-    assert ucan["label"] in run.document["reading"]
+    assert run.document["equal_forgetting"] is None
+    assert f"U-CAN declined: its contrast found nothing to act on ({ucan['reason'].rstrip('.')}); acted: {ga['label']}." in run.document["reading"]
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "ga", "--set", "ga.bogus=1"], "not an option of --method ga"),
     (["--methods", "retrain"], "needs --train"),
+    (["--reference", "nowhere"], "--reference nowhere: not a LoRA adapter directory"),
 ])
 def test_bad_settings_exit_2_and_write_nothing(world, tmp_path, extra, message):
     out = tmp_path / "out"
@@ -208,6 +243,10 @@ def test_plot_points_and_the_missing_extra(compared, monkeypatch, tmp_path):
     assert "retrain" not in pts  # the reference is drawn as the reference, not as a method
     ga = [r for r in doc["rows"] if r["method"] == "ga" and not r["equal_forgetting"]]
     assert pts["ga"] == [(r["metrics"]["retain_ndcg@10"], r["metrics"]["forget_recall@5"], float(r["forward_equivalents"])) for r in ga]
+    # a hand-made document: a collapse warning crosses out its own row only (not one whose label it prefixes)
+    row = {"label": "ga", "metrics": {"retain_ndcg@10": 0.9, "forget_recall@5": 0.4}}
+    other = {"label": "ga @ U-CAN's forgetting", "metrics": {"retain_ndcg@10": 0.95, "forget_recall@5": 0.5}}
+    assert plot.flagged({"rows": [row, other], "warnings": ["ga: possible collapse: retain PPL rose", "ga @ U-CAN's forgetting: other"]}) == [(0.9, 0.4)]
     assert plot.marker_size(0, 100) == 30.0 and plot.marker_size(100, 100) == 400.0 and plot.marker_size(5, 0) == 30.0
 
 
@@ -265,3 +304,112 @@ def test_direction_units_get_their_own_statistics_pass(world, tmp_path):
         assert report["unit"] == "direction"
     else:
         assert rows["ucan-direction"]["reason"]
+
+def _row(label, forget_r5, retain_ndcg, mia, *, method=None, fwd=100, ref=(0.2, 0.3)):
+    metrics = {"forget_recall@5": forget_r5, "retain_ndcg@10": retain_ndcg, "mia_auc": mia}
+    return {"label": label, "method": method or label, "status": "ok", "reason": None, "metrics": metrics, "equal_forgetting": False,
+            "forward_equivalents": fwd, "gap_to_reference": {"forget_recall@5": round(abs(forget_r5 - ref[0]), 6), "mia_auc": round(abs(mia - ref[1]), 6)}}
+
+
+def test_reading_names_the_closest_method_that_keeps_utility_and_what_eval_flags():
+    """By hand: original retain NDCG@10 1.0, so the floor is 0.95. 'wreck' is closest to the
+    reference but below the floor; 'near' (gaps 0.05 + 0.05) is next but eval flags a collapse on
+    it, so 'mid' (0.1 + 0.1) is the pick and 'near' is named with its flag; 'far' (0.3 + 0.2)
+    loses; a warning on another row ('nearby') is not near's; U-CAN's edit is named beside them."""
+    from ucan_cli.flows.compare import reading
+
+    anchors = {"original": {"forget_recall@5": 0.9, "retain_ndcg@10": 1.0}, "reference": {"forget_recall@5": 0.2, "mia_auc": 0.3}}
+    rows = [_row("ucan", 0.5, 0.96, 0.5, fwd=800), _row("far", 0.5, 0.99, 0.5), _row("near", 0.25, 0.951, 0.35, fwd=300),
+            _row("mid", 0.3, 0.97, 0.4, fwd=200), _row("wreck", 0.2, 0.5, 0.3), _row("nearby", 0.9, 0.99, 0.9)]
+    warnings = ["near: possible collapse: retain PPL rose", "nearby: possible collapse: not this one"]
+    text = reading(rows, anchors, None, warnings)
+    assert text.startswith("Closest to the reference with retain NDCG@10 within 0.95x the original's and no collapse flagged: mid "
+                           "(forget R@5 0.900 -> 0.300, the reference's 0.200; MIA AUC 0.400, the reference's 0.300; retain NDCG@10 "
+                           "0.970; 200 forward-pass equivalents). near comes closer (forget R@5 0.250, retain NDCG@10 0.951) but eval "
+                           "flags possible collapse: retain PPL rose. U-CAN's edit (ucan): forget R@5 0.500, retain NDCG@10 0.960, "
+                           "800 forward-pass equivalents.")
+    assert "not this one" not in text and "No reference" not in text
+    # without a reference: the most forgetting that keeps utility unflagged, and the hint to get one
+    no_ref = reading(rows, {"original": anchors["original"]}, None, warnings)
+    assert "Most forgetting with retain NDCG@10 within 0.95x the original's and no collapse flagged: mid" in no_ref
+    assert "No reference: pass --reference" in no_ref
+
+
+def test_equal_forgetting_summary_by_hand():
+    from ucan_cli.flows.compare import equal_forgetting_summary
+
+    ucan = {"label": "ucan", "forward_equivalents": 800, "seconds": 4.0, "equal_forgetting": False}
+    reached = {"label": "ga @ U-CAN's forgetting", "method": "ga", "status": "ok", "reason": None, "equal_forgetting": True, "steps_run": 2,
+               "stop_reason": "target", "cost": {"train": 96, "setup": 0, "checks": 600}, "forward_equivalents": 696, "seconds": 1.0}
+    budget = {**reached, "label": "npo @ U-CAN's forgetting", "method": "npo", "steps_run": 50, "stop_reason": "budget",
+              "cost": {"train": 2000, "setup": 400, "checks": 10200}, "forward_equivalents": 12600}
+    before = {**reached, "method": "graddiff", "status": "declined", "reason": "already holds", "steps_run": None, "stop_reason": None,
+              "cost": None, "forward_equivalents": None}
+    doc = equal_forgetting_summary([ucan, reached, budget, before], ucan, {"metric": "forget.recall@5", "value": 0.5})
+    assert doc["ucan"] == {"label": "ucan", "forward_equivalents": 800, "seconds": 4.0}
+    ga, npo, graddiff = doc["runs"]
+    assert (ga["reached"], ga["training_forward_equivalents"], ga["x_ucan"], ga["x_ucan_with_checks"]) == (True, 96, 0.12, 0.87)
+    assert (npo["reached"], npo["training_forward_equivalents"], npo["x_ucan"], npo["x_ucan_with_checks"]) == (False, 2400, 3.0, 15.75)
+    assert (graddiff["reached"], graddiff["status"], graddiff["training_forward_equivalents"], graddiff["x_ucan"]) == (False, "declined", None, None)
+    assert equal_forgetting_summary([ucan], ucan, None) is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the resident high-water mark can be reset only on Linux (/proc/self/clear_refs)")
+def test_peak_memory_is_each_stretchs_own():
+    """64 MiB touched inside the first stretch shows in its peak; the second stretch, after the
+    buffer is freed, starts from a reset mark and does not see it."""
+    from ucan_cli.runtime.memory import PeakMemory
+
+    first = PeakMemory.start()
+    buffer = b"\x01" * (64 * 1024 * 1024)  # written, so resident
+    peak_first = first.stop()
+    del buffer
+    second = PeakMemory.start()
+    peak_second = second.stop()
+    assert peak_first["rss_scope"] == peak_second["rss_scope"] == "stretch" and peak_first["cuda_mb"] is None
+    assert peak_first["rss_mb"] - peak_second["rss_mb"] > 48
+
+
+def test_an_equal_forgetting_run_stops_at_the_first_check_that_meets_ucans_value(world, tmp_path, monkeypatch):
+    """On the tiny world U-CAN's edit does not move forget Recall@5, so the subprocess run above
+    declines its equal-forgetting runs (check 0 already meets the target). Here U-CAN's value is
+    set to 0.5 and the forget probe scripted as 0.9, 0.8, 0.7, 0.45, 0.4 at checks 0, 1, 2, ...
+    (the real model runs; only the Recall@5 it reports is replaced): compare hands GA the target
+    with a check every step, the run stops at step 3, and its row and the summary say so, with
+    its cost by hand: 3 steps x 4 records x 3 (forward + backward) = 36 to train, the same as
+    U-CAN's 36 (its statistics pass over 12 + 24 records); checks: 4 passes over the 12 forget
+    records plus the retain pass at the stop (24), each record forwarded as 11 sequences (its
+    answer and its 10 multi-token candidates: the probe's own count)."""
+    import ucan_cli.flows.compare as flow
+    import ucan_cli.flows.model_inputs as model_inputs
+
+    real, script = model_inputs.measure, iter([0.9, 0.8, 0.7, 0.45, 0.4])
+
+    def scripted(model, tokenizer, records, **kwargs):
+        metrics, cost = real(model, tokenizer, records, **kwargs)
+        if len(records) == 12:  # the forget set (the retain set has 24 records)
+            metrics["recall@5"] = next(script)
+        return metrics, cost
+
+    monkeypatch.setattr(model_inputs, "measure", scripted)
+    monkeypatch.setattr(flow, "_forget_recall_at_5", lambda *args, **kwargs: (0.5, 12))
+    run = flow.compare(world["base"], world["adapter"], world["forget"], world["retain"], None, tmp_path / "out",
+                       methods=["ucan", "ga"], settings=["ucan.t_risk=0.3", "ga.steps=1"], accept_weak=True,
+                       receipt_key=world["key"], batch_size=4)
+    doc = run.document
+    row = doc["rows"][-1]
+    assert (row["label"], row["equal_forgetting"], row["status"]) == ("ga steps=1 @ U-CAN's forgetting", True, "ok")
+    assert row["options"] == {"steps": 20, "until": "forget.recall@5 <= 0.5", "check_every": 1}  # max(20, 5 x 1) steps
+    assert (row["steps_run"], row["stop_reason"]) == (3, "target")
+    training = json.loads((tmp_path / "out" / row["adapter"] / "ucan_report.json").read_text())["training"]
+    assert [(c["step"], c["recall@5"], c["met"]) for c in training["checks"]] == [
+        (0, 0.9, False), (1, 0.8, False), (2, 0.7, False), (3, 0.45, True)]
+    checks = (4 * 12 + 24) * 11
+    assert row["cost"] == {"train": 36, "setup": 0, "checks": checks} and row["forward_equivalents"] == 36 + checks
+    (summary_run,) = doc["equal_forgetting"]["runs"]
+    assert doc["equal_forgetting"]["ucan"]["forward_equivalents"] == 36
+    assert {k: summary_run[k] for k in ("reached", "steps", "training_forward_equivalents", "check_forward_equivalents",
+                                        "forward_equivalents", "x_ucan", "x_ucan_with_checks")} == {
+        "reached": True, "steps": 3, "training_forward_equivalents": 36, "check_forward_equivalents": checks,
+        "forward_equivalents": 36 + checks, "x_ucan": 1.0, "x_ucan_with_checks": round((36 + checks) / 36, 3)}
+    assert f"ga in 3 steps (36 to train, 1.0x U-CAN's; {36 + checks} with its checks)" in doc["reading"]

@@ -67,7 +67,7 @@ def compare(
         typer.Option(
             "--equal-forgetting/--no-equal-forgetting",
             help="Also run ga, graddiff and npo until they forget as much as U-CAN (forget Recall@5, checked every step): "
-            "their cost at equal forgetting.",
+            "their cost at equal forgetting, printed beside U-CAN's (training alone and with the checks).",
             rich_help_panel=PANEL_METHOD,
         ),
     ] = True,

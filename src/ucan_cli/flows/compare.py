@@ -35,10 +35,18 @@ What it does, in order:
    place, so a failed run leaves nothing.
 
 Cost columns: ``forward_equivalents`` counts one record's forward pass as 1 and a backward as 2
-(the methods' own ``training.cost``; U-CAN and random: the statistics pass); ``seconds`` is the
-method's wall time (the statistics pass is counted in every row that uses it; its own seconds are
-in ``statistics``); ``peak_rss_mb`` is the process's resident-memory high-water mark when the row
-finished (a high-water mark: it never goes down, so a row shows at least every earlier row's peak).
+(the methods' own ``training.cost``, split in the row's ``cost``; U-CAN and random: the statistics
+pass); ``seconds`` is the method's wall time. The shared statistics pass is attributed in full to
+every row that uses it (its forward-pass equivalents, seconds and memory peak), because each of
+those methods alone would pay it; its own numbers are in ``statistics``, so a total over rows
+counts it once per row. ``peak_rss_mb`` is the row's own resident-memory peak where the platform
+can reset the high-water mark (Linux; ``peak_rss_scope`` "stretch": it still includes what the
+process held before the row), else the process's high-water mark (scope "process": never
+decreasing, read it as "at most"); ``peak_cuda_mb`` is the row's own peak of CUDA tensor memory
+on a GPU run (``ucan_cli.runtime.memory``).
+
+The reading under the table (``reading``) and the equal-forgetting summary
+(``equal_forgetting_summary``) are pure functions of the rows.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from typing import Any
 
 from ucan_cli.errors import InputError, NothingToDo
 from ucan_cli.progress import ProgressFactory
+from ucan_cli.runtime.memory import PeakMemory
 
 SCHEMA_VERSION = 1
 TABLE_JSON = "table.json"
@@ -188,17 +197,6 @@ def scores_name(unit: str) -> str:
     return SCORES if unit == "output" else f"scores-{unit}.safetensors"
 
 
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-    except (ImportError, OSError):  # pragma: no cover - Windows
-        return None
-
-
 def _forget_recall_at_5(base, adapter_dir: Path, forget, *, template, max_length, max_samples, seed, batch_size, device, dtype, allow_pickle,
                         trust_remote_code) -> tuple[float, int]:
     """Forget Recall@5 of one written adapter (the equal-forgetting target) and the passes it cost."""
@@ -294,6 +292,9 @@ def compare(
     for path, flag in ((forget, "--forget"), (retain, "--retain"), (holdout, "--holdout"), (train, "--train")):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{flag} {path}: no such file")
+    for path, flag in ((adapter, "--adapter"), (reference, "--reference")):  # eval reads the reference last: check it first
+        if path is not None and not (Path(path) / "adapter_config.json").is_file():
+            raise InputError(f"{flag} {path}: not a LoRA adapter directory (no adapter_config.json)")
     warnings: list[str] = []
     common = dict(template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
                   allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -310,13 +311,13 @@ def compare(
             from ucan_cli.methods.ucan.params import MethodParams
             from ucan_cli.methods.ucan.scorefile import save_score_file
 
-            t = time.perf_counter()
+            t, peak = time.perf_counter(), PeakMemory.start()
             run = run_score(base, adapter, forget, retain, params=MethodParams(unit=unit), progress=progress, cache_dir=cache_dir, **common)
             scores_paths[unit] = save_score_file(tmp / scores_name(unit), run.stats, run.result, run.meta, force=False)
             n_pass = run.stats.forget.n_records + run.stats.retain.n_records
             stats_docs[unit] = {"file": scores_name(unit), "unit": unit, "forward_equivalents": n_pass,
                                 "seconds": round(time.perf_counter() - t, 3), "verdict": run.meta.get("verdict", {}).get("verdict"),
-                                "from": run.statistics_from}
+                                "from": run.statistics_from, **_peaks(peak.stop())}
             warnings += [w for w in run.warnings if w not in warnings]
             say(f"statistics ({unit} units): one pass over {n_pass} records ({stats_docs[unit]['seconds']:.1f} s), "
                 f"verdict {stats_docs[unit]['verdict']}")
@@ -330,7 +331,7 @@ def compare(
             row: dict[str, Any] = {"label": config.label, "method": config.method, "options": dict(config.options),
                                    "equal_forgetting": config.equal_forgetting, "adapter": None, "status": "ok", "reason": None}
             uses_stats = method.statistics == ACTIVATIONS
-            t = time.perf_counter()
+            t, peak = time.perf_counter(), PeakMemory.start()
             kwargs = dict(common)
             if uses_stats:  # the shared statistics pass of its unit: no model loads
                 kwargs.update(scores=scores_paths[unit_of(method)], accept_weak=accept_weak)
@@ -343,22 +344,24 @@ def compare(
             except NothingToDo as exc:
                 row.update(status="declined", reason=exc.message)
                 result = None
-            seconds = time.perf_counter() - t
+            seconds, peaks = time.perf_counter() - t, _peaks(peak.stop())
+            cost, parts = None, None
             if result is not None:
                 row["adapter"] = f"methods/{slug}"
                 training = result.report.get("training") or {}
-                cost = (training.get("cost") or {}).get("forward_equivalents")
+                spent = training.get("cost") or {}
+                cost = spent.get("forward_equivalents")
+                parts = {k: v for k, v in spent.items() if k not in ("forward_equivalents", "seconds")} or None
                 row["steps_run"] = training.get("steps_run")
                 row["stop_reason"] = training.get("stop_reason")
                 row["verdict"] = (result.report.get("verdict") or {}).get("kind")
-            else:
-                cost = None
-            if uses_stats:
+            if uses_stats:  # the shared pass of its unit is this row's cost (it is every such row's: see the docstring)
                 shared = stats_docs[unit_of(method)]
-                cost, seconds = shared["forward_equivalents"], seconds + shared["seconds"]
+                cost, parts, seconds = shared["forward_equivalents"], {"statistics": shared["forward_equivalents"]}, seconds + shared["seconds"]
+                peaks = {k: _max(v, shared[k]) if k != "peak_rss_scope" else v for k, v in peaks.items()}
             elif method.statistics == ADAPTER:
                 cost = 0
-            row.update(forward_equivalents=cost, seconds=round(seconds, 3), peak_rss_mb=_peak_rss_mb())
+            row.update(forward_equivalents=cost, cost=parts, seconds=round(seconds, 3), **peaks)
             say(f"{config.label}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "") + f", {seconds:.1f} s")
             return row
 
@@ -431,6 +434,7 @@ def compare(
             if w not in warnings:
                 warnings.append(w)
 
+        summary = equal_forgetting_summary(rows, ucan_row, target)
         document = {
             "schema_version": SCHEMA_VERSION,
             "command": "compare",
@@ -444,10 +448,11 @@ def compare(
             "statistics": stats_doc,
             "statistics_passes": list(stats_docs.values()),
             "equal_forgetting_target": target,
+            "equal_forgetting": summary,
             "anchors": anchors,
             "rows": rows,
             "evaluation": {"seconds": round(eval_seconds, 3), "bootstrap": 0},
-            "reading": reading(rows, anchors),
+            "reading": reading(rows, anchors, summary, warnings),
             "warnings": warnings,
         }
         from ucan_cli.report.compare import document_json, table_markdown
@@ -477,39 +482,136 @@ def _gaps(metrics: Mapping[str, Any] | None, reference: Mapping[str, Any] | None
     return out
 
 
-def reading(rows: Sequence[Mapping[str, Any]], anchors: Mapping[str, Mapping[str, Any]]) -> str:
-    """One honest paragraph: which method came closest to the reference's forgetting while keeping
-    retain NDCG@10 within 0.95x the original's, and what declined."""
+def _peaks(measured: Mapping[str, Any]) -> dict[str, Any]:
+    """``PeakMemory.stop()``'s numbers as row fields."""
+    return {"peak_rss_mb": measured["rss_mb"], "peak_rss_scope": measured["rss_scope"], "peak_cuda_mb": measured["cuda_mb"]}
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _ratio(cost: float | None, of: float | None) -> float | None:
+    return None if cost is None or not of else round(cost / of, 3)
+
+
+def equal_forgetting_summary(rows: Sequence[Mapping[str, Any]], ucan_row: Mapping[str, Any] | None,
+                             target: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Issue 12 item 4 from the rows: for each equal-forgetting run, whether it reached U-CAN's
+    forget Recall@5, in how many steps, and what that cost beside U-CAN's edit.
+
+    ``training_forward_equivalents`` is what reaching the target took (training and setup: what a
+    rerun at that step count would pay); ``forward_equivalents`` adds the ``--until`` checks (a
+    forget-set pass per step: what finding the step count cost). ``x_ucan`` divides each by U-CAN's
+    forward-pass equivalents (its statistics pass). None when no target was set."""
+    if target is None or ucan_row is None:
+        return None
+    of = ucan_row["forward_equivalents"]
+    runs = []
+    for row in rows:
+        if not row["equal_forgetting"]:
+            continue
+        parts = row.get("cost") or {}
+        training = sum(v for k, v in parts.items() if k != "checks") if row["status"] == "ok" else None
+        runs.append({"label": row["label"], "method": row["method"], "status": row["status"], "reason": row["reason"],
+                     "reached": row["status"] == "ok" and row.get("stop_reason") == "target", "steps": row.get("steps_run"),
+                     "training_forward_equivalents": training, "check_forward_equivalents": parts.get("checks"),
+                     "forward_equivalents": row["forward_equivalents"], "seconds": row["seconds"],
+                     "x_ucan": _ratio(training, of), "x_ucan_with_checks": _ratio(row["forward_equivalents"], of)})
+    return {"metric": target["metric"], "value": target["value"],
+            "ucan": {"label": ucan_row["label"], "forward_equivalents": of, "seconds": ucan_row["seconds"]}, "runs": runs}
+
+
+#: A method "keeps utility" when its retain NDCG@10 is at least this share of the original's.
+UTILITY_FLOOR = 0.95
+
+
+def reading(rows: Sequence[Mapping[str, Any]], anchors: Mapping[str, Mapping[str, Any]],
+            equal_forgetting: Mapping[str, Any] | None = None, warnings: Sequence[str] = ()) -> str:
+    """One honest paragraph under the table.
+
+    In order: what declined (U-CAN declining means its contrast found nothing above noise: then
+    which methods acted); among the methods that keep retain NDCG@10 within ``UTILITY_FLOOR`` of
+    the original's and that eval does not flag as a possible collapse (``warnings``: a retain
+    perplexity blown up is not acceptable utility either), the one closest to the reference
+    (smallest gap in forget Recall@5 plus gap in MIA AUC; without a reference, the one that forgets
+    most), then any flagged method that came closer, with its flag, and U-CAN's edit beside them;
+    what each gradient method paid to reach U-CAN's forgetting. Pure: it reads what it is given."""
     original = anchors["original"]
     reference = anchors.get("reference")
     floor = original.get("retain_ndcg@10")
     parts: list[str] = []
-    declined = [r["label"] for r in rows if r["status"] == "declined"]
-    if declined:
-        parts.append(f"Declined (nothing written): {', '.join(declined)}.")
+    acted = [r["label"] for r in rows if r["status"] == "ok" and not r.get("is_reference")]
+    ucan_declined = [r for r in rows if r["method"] == "ucan" and r["status"] == "declined"]
+    if ucan_declined:
+        parts.append(f"U-CAN declined: its contrast found nothing to act on ({ucan_declined[0]['reason'].rstrip('.')}); "
+                     + (f"acted: {', '.join(acted)}." if acted else "no other method acted either."))
+    others = [r["label"] for r in rows if r["status"] == "declined" and r["method"] != "ucan"]
+    if others:
+        parts.append(f"Declined (nothing written): {', '.join(others)}.")
     candidates = [r for r in rows if r.get("metrics") and not r.get("is_reference") and r["metrics"].get("forget_recall@5") is not None]
     if floor is not None:
-        kept = [r for r in candidates if r["metrics"].get("retain_ndcg@10") is not None and r["metrics"]["retain_ndcg@10"] >= 0.95 * floor]
+        kept = [r for r in candidates if r["metrics"].get("retain_ndcg@10") is not None and r["metrics"]["retain_ndcg@10"] >= UTILITY_FLOOR * floor]
     else:
         kept = candidates
+    with_reference = reference is not None and reference.get("forget_recall@5") is not None
+
+    def flags(row) -> list[str]:  # eval's collapse warnings on this row (they are prefixed with its label)
+        return [w.split(": ", 1)[1] for w in warnings if w.startswith(row["label"] + ": ") and "collapse" in w]
+
+    def closeness(row) -> float:  # lower is better
+        if with_reference:
+            g = row.get("gap_to_reference") or {}
+            return (g.get("forget_recall@5") or 0.0) + (g.get("mia_auc") or 0.0)
+        return row["metrics"]["forget_recall@5"]
+
+    clean = [r for r in kept if not flags(r)]
     if not kept:
-        parts.append("No method kept retain NDCG@10 within 0.95x the original's.")
+        if candidates:
+            parts.append(f"No method kept retain NDCG@10 within {UTILITY_FLOOR}x the original's.")
+    elif not clean:
+        parts.append(f"Every method that kept retain NDCG@10 within {UTILITY_FLOOR}x the original's is flagged by eval: "
+                     + "; ".join(f"{r['label']}: {', '.join(flags(r))}" for r in kept) + ".")
     else:
-        best = min(kept, key=lambda r: r["metrics"]["forget_recall@5"])
+        best = min(clean, key=closeness)
+        which = "Closest to the reference" if with_reference else "Most forgetting"
         m = best["metrics"]
-        text = (f"Most forgetting within 0.95x the original's retain NDCG@10: {best['label']} "
+        text = (f"{which} with retain NDCG@10 within {UTILITY_FLOOR}x the original's and no collapse flagged: {best['label']} "
                 f"(forget R@5 {original.get('forget_recall@5'):.3f} -> {m['forget_recall@5']:.3f}")
-        if reference is not None and reference.get("forget_recall@5") is not None:
-            text += f"; the reference's {reference['forget_recall@5']:.3f}"
-        text += f", retain NDCG@10 {m['retain_ndcg@10']:.3f}"
+        if with_reference:
+            text += f", the reference's {reference['forget_recall@5']:.3f}"
+            if m.get("mia_auc") is not None and reference.get("mia_auc") is not None:
+                text += f"; MIA AUC {m['mia_auc']:.3f}, the reference's {reference['mia_auc']:.3f}"
+        text += f"; retain NDCG@10 {m['retain_ndcg@10']:.3f}"
         if best.get("forward_equivalents") is not None:
-            text += f", {best['forward_equivalents']} forward-pass equivalents"
+            text += f"; {best['forward_equivalents']} forward-pass equivalents"
         parts.append(text + ").")
+        closer = [r for r in kept if flags(r) and closeness(r) < closeness(best)]
+        for r in closer:
+            parts.append(f"{r['label']} comes closer (forget R@5 {r['metrics']['forget_recall@5']:.3f}, retain NDCG@10 "
+                         f"{r['metrics']['retain_ndcg@10']:.3f}) but eval flags {'; '.join(flags(r))}.")
+        ucan = next((r for r in rows if r["method"] == "ucan" and r.get("metrics")), None)
+        if ucan is not None and ucan is not best:
+            u = ucan["metrics"]
+            parts.append(f"U-CAN's edit ({ucan['label']}): forget R@5 {u['forget_recall@5']:.3f}, retain NDCG@10 "
+                         f"{u['retain_ndcg@10']:.3f}, {ucan['forward_equivalents']} forward-pass equivalents.")
+    if equal_forgetting and equal_forgetting["runs"]:
+        said = []
+        for run in equal_forgetting["runs"]:
+            if run["reached"]:
+                said.append(f"{run['method']} in {run['steps']} steps ({run['training_forward_equivalents']} to train, "
+                            f"{run['x_ucan']}x U-CAN's; {run['forward_equivalents']} with its checks)")
+            elif run["status"] == "declined":
+                said.append(f"{run['method']}: already there before training")
+            else:
+                said.append(f"{run['method']} not within {run['steps']} steps")
+        parts.append(f"To forget as much as U-CAN (forget R@5 <= {equal_forgetting['value']:.3f}, "
+                     f"{equal_forgetting['ucan']['forward_equivalents']} forward-pass equivalents): " + "; ".join(said) + ".")
     if reference is None:
         parts.append("No reference: pass --reference DIR or compare retrain (--train FILE) to see the gap to never having trained on them.")
     parts.append("One request, one seed: check the chosen adapter with `ucan eval` (bootstrap CIs) before relying on it.")
     return " ".join(parts)
 
 
-__all__ = ["CompareRun", "Configuration", "DEFAULT_METHODS", "METRICS", "SCHEMA_VERSION", "compare", "configurations",
-           "parse_settings", "reading"]
+__all__ = ["CompareRun", "Configuration", "DEFAULT_METHODS", "METRICS", "SCHEMA_VERSION", "UTILITY_FLOOR", "compare", "configurations",
+           "equal_forgetting_summary", "parse_settings", "reading"]

@@ -3,8 +3,9 @@
 
 One row per method configuration (and per equal-forgetting run), then the original and the
 reference for scale. The Markdown and the terminal show the same columns (``COLUMNS``); numbers
-that do not exist (a declined method, no holdout set) are ``-``. Rich is imported only inside
-``render_compare``.
+that do not exist (a declined method, no holdout set) are ``-``. Under it, when equal forgetting
+ran, a second small table: what each gradient method paid to forget as much as U-CAN, beside
+U-CAN's own cost (``equal_forgetting_cells``). Rich is imported only inside ``render_compare``.
 """
 
 from __future__ import annotations
@@ -85,17 +86,20 @@ def table_markdown(document: Mapping[str, Any]) -> str:
     lines.append("Columns: R@5 = Recall@5, KL from the original (nats), MIA AUC = membership inference of the forget set "
                  "against the holdout set (0.5: unseen); gap = |method - reference| (forget R@5, MIA AUC); fwd-eq = "
                  "forward-pass equivalents (a backward counts 2; U-CAN and random: the shared statistics pass); "
-                 "peak RSS = the process's memory high-water mark when the row finished.")
+                 "peak RSS = the row's resident-memory peak (" + _rss_scope_text(document) + ").")
     stats = document.get("statistics")
     if stats:
         lines.append("")
         lines.append(f"Statistics: one pass over {stats['forward_equivalents']} records in {stats['seconds']:.1f} s, "
                      f"verdict `{stats['verdict']}`, shared by every activation method.")
-    target = document.get("equal_forgetting_target")
-    if target:
+    summary = document.get("equal_forgetting")
+    if summary:
         lines.append("")
-        lines.append(f"Equal forgetting: each gradient method ran again until forget Recall@5 <= {target['value']:.3f} "
-                     "(U-CAN's), checked every step; its row is the cheapest run that got there.")
+        lines.append(f"Equal forgetting: each gradient method ran again until forget Recall@5 <= {summary['value']:.3f} "
+                     "(U-CAN's), checked every step; its row is the cheapest run that got there. Cost beside U-CAN's "
+                     "(training: what that many steps cost; with checks: what finding the step count cost):")
+        lines.append("")
+        lines.extend(equal_forgetting_markdown(summary))
     declined = [r for r in document["rows"] if r["status"] != "ok"]
     if declined:
         lines.append("")
@@ -109,6 +113,40 @@ def table_markdown(document: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+EQUAL_FORGETTING_HEADINGS = ("method", "reached", "steps", "training fwd-eq", "x U-CAN", "with checks", "x U-CAN", "seconds")
+
+
+def equal_forgetting_cells(summary: Mapping[str, Any]) -> list[list[str]]:
+    """The equal-forgetting table's rows: U-CAN's edit first (the yardstick), then each run."""
+    u = summary["ucan"]
+    out = [[u["label"], "-", "-", str(u["forward_equivalents"]), "1.00", str(u["forward_equivalents"]), "1.00", f"{u['seconds']:.1f}"]]
+    for run in summary["runs"]:
+        reached = "yes" if run["reached"] else ("before training" if run["status"] == "declined" else "no")
+
+        def n(v):
+            return "-" if v is None else str(int(v))
+
+        def x(v):
+            return "-" if v is None else f"{v:.2f}"
+
+        out.append([run["method"], reached, n(run["steps"]), n(run["training_forward_equivalents"]), x(run["x_ucan"]),
+                    n(run["forward_equivalents"]), x(run["x_ucan_with_checks"]), f"{run['seconds']:.1f}"])
+    return out
+
+
+def equal_forgetting_markdown(summary: Mapping[str, Any]) -> list[str]:
+    lines = ["| " + " | ".join(EQUAL_FORGETTING_HEADINGS) + " |", "|---|" + "---:|" * (len(EQUAL_FORGETTING_HEADINGS) - 1)]
+    lines.extend("| " + " | ".join(cells) + " |" for cells in equal_forgetting_cells(summary))
+    return lines
+
+
+def _rss_scope_text(document: Mapping[str, Any]) -> str:
+    scopes = {r.get("peak_rss_scope") for r in document["rows"]} - {None}
+    if scopes == {"stretch"}:
+        return "its own, the high-water mark reset before it; it includes what the process already held"
+    return "the process's high-water mark when the row finished: it never decreases, read it as 'at most'"
+
+
 #: The columns a terminal shows (the rest are in table.md and table.json).
 TERMINAL_COLUMNS = ("forget_recall@5", "forget_kl", "retain_ndcg@10", "holdout_ndcg@10", "mia_auc", "gap_forget_recall@5",
                     "forward_equivalents", "seconds")
@@ -116,7 +154,8 @@ TERMINAL_COLUMNS = ("forget_recall@5", "forget_kl", "retain_ndcg@10", "holdout_n
 
 def render_compare(ui, document: Mapping[str, Any]) -> None:
     """In a terminal, a Rich table of the main columns; otherwise (a pipe, a log, a batch job) the
-    Markdown table of table.md, every column, one line per row. Then the reading."""
+    Markdown table of table.md, every column, one line per row. Then the cost at equal forgetting
+    (when it ran) and the reading."""
     from rich.markup import escape
 
     if not ui.out.is_terminal:
@@ -125,6 +164,9 @@ def render_compare(ui, document: Mapping[str, Any]) -> None:
         end = next(i for i in range(start, len(body)) if not body[i].startswith("|"))
         if not ui.rt.quiet:
             ui.out.print("\n".join(body[start:end]), markup=False, highlight=False, soft_wrap=True)
+            if document.get("equal_forgetting") and document["equal_forgetting"]["runs"]:
+                ui.out.print("\n" + "\n".join(equal_forgetting_markdown(document["equal_forgetting"])), markup=False, highlight=False,
+                             soft_wrap=True)
         ui.info(escape(document["reading"]))
         return
     from rich.table import Table
@@ -144,7 +186,15 @@ def render_compare(ui, document: Mapping[str, Any]) -> None:
         cells = anchor_cells(values)
         table.add_row(f"[dim]{name}[/]", *(cells[i] for i in keep))
     ui.table(table)
+    summary = document.get("equal_forgetting")
+    if summary and summary["runs"]:
+        eq = Table(title=f"cost at equal forgetting (forget R@5 <= {summary['value']:.3f}, U-CAN's)", title_justify="left")
+        for i, heading in enumerate(EQUAL_FORGETTING_HEADINGS):
+            eq.add_column(heading, justify="left" if i == 0 else "right", no_wrap=i > 0)
+        for cells in equal_forgetting_cells(summary):
+            eq.add_row(*(escape(c) for c in cells))
+        ui.table(eq)
     ui.info(escape(document["reading"]))
 
 
-__all__ = ["COLUMNS", "TERMINAL_COLUMNS", "anchor_cells", "document_json", "render_compare", "row_cells", "row_label", "table_markdown"]
+__all__ = ["COLUMNS", "EQUAL_FORGETTING_HEADINGS", "TERMINAL_COLUMNS", "anchor_cells", "equal_forgetting_cells", "equal_forgetting_markdown", "document_json", "render_compare", "row_cells", "row_label", "table_markdown"]
