@@ -231,6 +231,10 @@ def test_parse_settings_and_configurations():
         ("ucan", {"ratio": 0.2}),
         ("graddiff", {"lr": 0.001, "retain_weight": 2.0}), ("graddiff", {"lr": 0.003, "retain_weight": 2.0}),
     ]
+    gate = configurations(["ucan-direction"], parse_settings(["ucan-direction.gate=none"], ["ucan-direction"]))
+    assert gate[0].options == {"gate": "none"}  # a choice named "none" is not a missing value
+    unset = configurations(["prune"], parse_settings(["prune.prune_ratio=none", "prune.prune_count=3"], ["prune"]))
+    assert unset[0].options == {"prune_ratio": None, "prune_count": 3}
     with pytest.raises(InputError, match="--prune-ratio must be in"):
         configurations(["prune"], parse_settings(["prune.prune_ratio=2"], ["prune"]))
 

@@ -136,9 +136,9 @@ def _option_field(params_type, option: str, method: str):
 def _convert(value: str, f, method: str) -> Any:
     """A ``--set`` value as the field's type (bool, int, float, str; ``none`` for an optional)."""
     text = value.strip()
-    if text.lower() in ("none", "null", ""):
-        return None
     annotation = str(f.type)
+    if text.lower() in ("none", "null", "") and "None" in annotation:  # --gate none stays the string "none"
+        return None
     try:
         if "bool" in annotation:
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
