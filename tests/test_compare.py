@@ -267,10 +267,14 @@ def test_without_matplotlib_the_tables_are_written_and_the_warning_says_how(worl
 
 
 def test_every_method_declining_is_exit_4_with_nothing_written(world, tmp_path):
+    from ucan_cli.errors import NothingToDo
+    from ucan_cli.flows.compare import compare
+
     out = tmp_path / "out"
-    done = cli(world, out, "--methods", "ucan")
-    assert done.returncode == 4, done.stderr
-    assert "every method declined" in done.stderr and "ucan:" in done.stderr
+    with pytest.raises(NothingToDo, match="every method declined.*ucan:") as caught:
+        compare(world["base"], world["adapter"], world["forget"], world["retain"], None, out, methods=["ucan"],
+                receipt_key=world["key"], batch_size=4)
+    assert caught.value.exit_code == 4
     assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
 
 
