@@ -114,6 +114,7 @@ def _inputs(meta: dict[str, Any]) -> dict[str, Any]:
         "template": meta["template"],
         "dtype": meta.get("dtype"),
         "device_type": meta.get("device_type"),
+        **({"load": meta["load"]} if "load" in meta else {}),  # a quantized or device-mapped base
     }
 
 
