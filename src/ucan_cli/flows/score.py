@@ -25,6 +25,7 @@ from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.data import RecordSet, check_disjoint, read_records
 from ucan_cli.io.tokenize import Encoded
 from ucan_cli.progress import ProgressFactory
+from ucan_cli.runtime.load import LoadSpec
 from ucan_cli.methods.ucan.params import TOKEN_SCOPES, MethodParams, params_to_dict
 from ucan_cli.methods.ucan.scoring import ScoreResult, compute_scores
 from ucan_cli.methods.ucan.verdict import contrast_overview
@@ -391,8 +392,6 @@ def score(
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    from ucan_cli.runtime.load import LoadSpec
-
     load = LoadSpec.merge(load, device=device, dtype=dtype)
     stats, cache, key, document = None, None, None, None
     if cache_dir is not None and params.unit != "direction":  # direction moments are not cached (yet)
@@ -482,6 +481,23 @@ def _padded_tokens(encoded: Sequence[Encoded], batch_size: int) -> int:
     return sum(len(lengths[i : i + batch_size]) * lengths[i] for i in range(0, len(lengths), batch_size))
 
 
+def _footprint(prep: Prepared, load, params, *, rows: int, width: int, trust_remote_code: bool) -> dict | None:
+    """The device memory the passes need, estimated from the base's shapes (``runtime/footprint.py``);
+    None for a GGUF base (it has no separate config)."""
+    from ucan_cli.runtime.footprint import footprint
+    from ucan_cli.runtime.models import model_skeleton, resolve_device, resolve_dtype, resolve_source
+
+    if prep.user_model:
+        skeleton = prep.model
+    elif resolve_source(prep.base_spec).gguf_file:
+        return None
+    else:
+        skeleton = model_skeleton(prep.base_spec, trust_remote_code=trust_remote_code)
+    dtype = str(resolve_dtype(load.dtype, resolve_device(load.device))).replace("torch.", "")
+    return footprint(skeleton, prep.adapter.modules, unit=params.unit, dtype=dtype, quantize=load.quantize, rows=rows,
+                     width=width, max_memory_gib=params.max_memory).as_dict()
+
+
 def score_dry_run(
     base,
     adapter,
@@ -550,6 +566,8 @@ def score_dry_run(
     }
     if memory is not None:
         counts["memory"] = memory
+    counts["footprint"] = _footprint(prep, LoadSpec.merge(load, device=device, dtype=dtype), params, rows=batch_size,
+                                     width=max((len(e.input_ids) for e in everything), default=0), trust_remote_code=trust_remote_code)
     return ScorePlan(
         meta=prep.meta,
         counts=counts,
