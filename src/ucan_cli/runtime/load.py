@@ -55,8 +55,6 @@ class LoadSpec:
             raise InputError(f"--device-map {self.device_map} places the layers itself; drop --device {self.device}")
         if self.quantize is not None and self.device == "cpu":
             raise InputError(f"--load-in-{self.quantize} needs a CUDA GPU (bitsandbytes); drop --device cpu")
-        if self.quantize is not None and self.dtype == "float32":
-            raise InputError(f"--load-in-{self.quantize} computes in bfloat16 or float16; drop --dtype float32")
 
     @classmethod
     def from_flags(cls, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None,
