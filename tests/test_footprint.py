@@ -24,7 +24,7 @@ def skeleton():
         return AutoModelForCausalLM.from_config(config)
 
 
-MODULES = [SimpleNamespace(r=2, d_in=8, d_out=8), SimpleNamespace(r=2, d_in=8, d_out=8)]
+MODULES = [SimpleNamespace(name=f"layers.0.self_attn.{p}_proj", r=2, d_in=8, d_out=8) for p in ("q", "v")]
 
 
 def test_weights_by_hand(skeleton):
@@ -42,16 +42,21 @@ def test_weights_by_hand(skeleton):
 def test_activations_statistics_and_total_by_hand(skeleton):
     from ucan_cli.runtime.footprint import REDUCE_BYTES, activation_bytes, footprint, statistics_bytes
 
-    # 2 x 5 positions x ((4 x 8 + 3 x 16) x 2 bytes + 4 bytes x (2 + 2) kept lora_A outputs) + 2 rows x 10 logits x 4
-    assert activation_bytes(skeleton.config, MODULES, rows=2, width=5, dtype_bytes=2) == 10 * (160 + 16) + 80 == 1840
-    # output: 16 units x 4 sums x 4 groups x 8 bytes + c B^T (2 x 8 x 8 x 8 bytes x 2 modules) + the reduction's chunks
-    assert statistics_bytes(MODULES, unit="output") == 2048 + 256 + REDUCE_BYTES
-    assert statistics_bytes(MODULES, unit="output", positions=10) == 2048 + 256 + 4 * 10 * 16 * 8  # a small batch's chunks
+    # forward: 2 x 5 positions x ((4 x 8 + 3 x 16) x 2 bytes + 4 bytes x (2 + 2) kept lora_A outputs) + 2 rows x 10 logits x 4
+    forward = 10 * (160 + 16) + 80
+    assert activation_bytes(skeleton.config, MODULES, rows=2, width=5, dtype_bytes=2, unit="direction") == forward == 1840
+    # the reduction after it: the kept outputs (160) + 4 float64 chunks of 10 positions x 16 output units
+    assert activation_bytes(skeleton.config, MODULES, rows=2, width=5, dtype_bytes=2, unit="output") == 160 + 4 * 10 * 16 * 8
+    assert activation_bytes(skeleton.config, MODULES, rows=2, width=5, dtype_bytes=2, unit="rank") == forward  # 160 + 1280 < 1840
+    # a large batch: the chunks stop at 4 x 2^22 float64
+    assert activation_bytes(skeleton.config, MODULES, rows=4096, width=4096, dtype_bytes=2, unit="output") == 4096 * 4096 * 176 + 4096 * 40
+    assert REDUCE_BYTES == 4 * 2**22 * 8
+    # output: 16 units x 4 sums x 4 groups x 8 bytes + c B^T (2 x 8 x 8 x 8 bytes x 2 modules)
+    assert statistics_bytes(MODULES, unit="output") == 2048 + 256
     assert statistics_bytes(MODULES, unit="rank") == 4 * 4 * 4 * 8
     # direction: 4 sets x 8^2 x 8 bytes = 2048 per module; both fit one group
     assert statistics_bytes(MODULES, unit="direction") == 4096
     assert statistics_bytes(MODULES, unit="direction", max_memory_gib=2048 / 2**30) == 2048  # one module a group
-    assert footprint(skeleton, MODULES, unit="output", dtype="bfloat16", quantize=None, rows=2, width=5).statistics == 2048 + 256 + 5120
     f = footprint(skeleton, MODULES, unit="rank", dtype="bfloat16", quantize=None, rows=2, width=5)
     assert f.as_dict() == {"weights": 1648, "adapter": 2 * 4 * 2 * 16, "activations": 1840, "statistics": 512,
                            "total": 1648 + 256 + 1840 + 512}

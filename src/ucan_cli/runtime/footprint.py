@@ -11,16 +11,18 @@ the adapter's shapes:
   byte per weight); ``--load-in-8bit``: 1 byte per weight plus one float32 scale per output row.
 * **adapter**: the LoRA A and B matrices in float32 (PEFT keeps adapter weights in float32 over
   a bf16 or quantized base).
-* **activations** of one batch of ``rows x width`` positions: layers run one after another under
-  ``inference_mode``, so about one layer's working set lives at a time: 4 hidden-size vectors
-  (residual, normed input, attention output, q/k/v) and 3 MLP-size vectors (gate, up, their
-  product) per position in the compute dtype, the last position's logits in float32, and the
-  lora_A outputs the statistics hooks keep until the batch is reduced (float32, r per module).
+* **activations** of one batch of ``rows x width`` positions, the larger of two moments. During
+  the forward pass layers run one after another under ``inference_mode``, so about one layer's
+  working set lives at a time: 4 hidden-size vectors (residual, normed input, attention output,
+  q/k/v) and 3 MLP-size vectors (gate, up, their product) per position in the compute dtype, the
+  last position's logits in float32, and the lora_A outputs the statistics hooks keep until the
+  batch is reduced (float32, r per module). After it, the reduction holds those kept outputs and
+  its float64 chunks (at most 4 x 2^22 values, fewer for a small batch; output and rank units).
   Attention is assumed fused (SDPA, no T x T matrix); an eager attention adds heads x T^2 per row.
-* **statistics**, float64 on the device: output and rank units keep 4 sums for 1 forget group
-  and 3 retain groups (retain, half A, half B) per unit, output units also c B^T per module
-  (r x d_out) and the reduction's chunks (at most 4 x 2^22 float64, fewer for a small batch); direction units keep
-  4 x d_in^2 float64 per module for one group of modules at a time, at most ``--max-memory``.
+* **statistics**, float64 on the device for the whole run: output and rank units keep 4 sums for
+  1 forget group and 3 retain groups (retain, half A, half B) per unit, output units also c B^T
+  per module (r x d_out); direction units keep 4 x d_in^2 float64 per module for one group of
+  modules at a time, at most ``--max-memory``.
 
 The figures are estimates of what torch allocates (not what the CUDA caching allocator
 reserves, typically 5-15% more); docs/scaling.md says how far they were checked.
@@ -81,32 +83,37 @@ def _config_sizes(config) -> tuple[int, int, int]:
     return int(hidden), int(mlp), int(config.vocab_size)
 
 
-def activation_bytes(config, adapter_modules, *, rows: int, width: int, dtype_bytes: int) -> int:
-    """One batch of ``rows x width`` positions (see the module docstring)."""
+def activation_bytes(config, adapter_modules, *, rows: int, width: int, dtype_bytes: int, unit: str = "output") -> int:
+    """One batch of ``rows x width`` positions: the forward pass or the reduction after it,
+    whichever needs more (see the module docstring)."""
     hidden, mlp, vocab = _config_sizes(config)
     positions = rows * width
-    per_position = (4 * hidden + 3 * mlp) * dtype_bytes + 4 * sum(m.r for m in adapter_modules)
-    return positions * per_position + rows * vocab * 4
-
-
-def statistics_bytes(adapter_modules, *, unit: str, max_memory_gib: float = 4.0, positions: int | None = None) -> int:
-    """Float64 sums on the device for ``unit`` (output, rank or direction); ``positions`` (a
-    batch's rows x width) bounds the reduction's chunks for a small batch."""
+    kept = positions * 4 * sum(m.r for m in adapter_modules)
+    forward = positions * (4 * hidden + 3 * mlp) * dtype_bytes + kept + rows * vocab * 4
     if unit == "direction":
-        per_module = [4 * m.d_in**2 * 8 for m in adapter_modules]
-        budget = max_memory_gib * GIB
-        group, used = 0, 0  # the largest group of consecutive modules under the budget (moments.plan_groups)
-        for need in per_module:
-            if used + need > budget:
-                used = 0
-            used += need
-            group = max(group, used)
-        return int(group)
+        return forward
+    units = sum(m.d_out if unit == "output" else m.r for m in adapter_modules)
+    return max(forward, kept + min(REDUCE_BYTES, 4 * positions * units * 8))
+
+
+def statistics_bytes(adapter_modules, *, unit: str, max_memory_gib: float = 4.0) -> int:
+    """Float64 sums on the device for ``unit`` (output, rank or direction), for the whole run."""
+    if unit == "direction":  # the largest group of modules the passes hold at once (moments.plan_groups)
+        from types import SimpleNamespace
+
+        from ucan_cli.errors import InputError
+        from ucan_cli.methods.ucan.moments import moment_bytes, plan_groups
+
+        modules = list(adapter_modules)
+        try:
+            groups = plan_groups(SimpleNamespace(modules=modules), max_memory_gib)
+        except InputError:  # a module alone exceeds --max-memory: the run refuses it; this is what it would need
+            return max(moment_bytes(m.d_in) for m in modules)
+        return max((sum(moment_bytes(modules[i].d_in) for i in group) for group in groups), default=0)
     units = sum(m.d_out if unit == "output" else m.r for m in adapter_modules)
     sums = 4 * 4 * units * 8
     if unit == "output":
-        chunk = REDUCE_BYTES if positions is None else min(REDUCE_BYTES, 4 * positions * units * 8)
-        sums += sum(m.r * m.d_out * 8 for m in adapter_modules) + chunk
+        sums += sum(m.r * m.d_out * 8 for m in adapter_modules)
     return sums
 
 
@@ -117,8 +124,8 @@ def footprint(skeleton, adapter_modules, *, unit: str, dtype: str, quantize: str
     return Footprint(
         weights=weight_bytes(skeleton, dtype_bytes=dtype_bytes, quantize=quantize),
         adapter=sum(4 * m.r * (m.d_in + m.d_out) for m in adapter_modules),
-        activations=activation_bytes(skeleton.config, adapter_modules, rows=rows, width=width, dtype_bytes=dtype_bytes),
-        statistics=statistics_bytes(adapter_modules, unit=unit, max_memory_gib=max_memory_gib, positions=rows * width),
+        activations=activation_bytes(skeleton.config, adapter_modules, rows=rows, width=width, dtype_bytes=dtype_bytes, unit=unit),
+        statistics=statistics_bytes(adapter_modules, unit=unit, max_memory_gib=max_memory_gib),
     )
 
 
