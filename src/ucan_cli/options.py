@@ -45,11 +45,23 @@ class RuntimeOptions:
     batch_size: int = 16
     max_samples: Optional[int] = None
     max_length: Optional[int] = None
+    device_map: Optional[str] = None
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
     seed: int = 0
     json: bool = False
     quiet: bool = False
     verbose: int = 0
     config: Optional[Path] = None
+
+    @property
+    def load(self):
+        """The one load spec every flow takes (``runtime/load.py``): ``--device``, ``--dtype``,
+        ``--device-map``, ``--load-in-4bit`` / ``--load-in-8bit``."""
+        from ucan_cli.runtime.load import LoadSpec
+
+        return LoadSpec.from_flags(device=self.device, dtype=self.dtype, device_map=self.device_map,
+                                   load_in_4bit=self.load_in_4bit, load_in_8bit=self.load_in_8bit)
 
 
 def _opt(default, *names, help: str, panel: str, **kw):
@@ -77,6 +89,21 @@ _MODEL_RUNTIME = {
             panel=PANEL_DATA,
             min=2,
         ),
+    ),
+    "device_map": (
+        Optional[str],
+        *_opt(None, "--device-map", help="auto, balanced or sequential: spread the base over every GPU (accelerate).",
+              panel=PANEL_PERF),
+    ),
+    "load_in_4bit": (
+        bool,
+        *_opt(False, "--load-in-4bit", help="Load the base in 4-bit NF4 (QLoRA's setting; CUDA and the ucan-cli[quant] extra).",
+              panel=PANEL_PERF),
+    ),
+    "load_in_8bit": (
+        bool,
+        *_opt(False, "--load-in-8bit", help="Load the base in 8-bit (LLM.int8; CUDA and the ucan-cli[quant] extra).",
+              panel=PANEL_PERF),
     ),
 }
 _COMMON_RUNTIME = {
@@ -297,6 +324,8 @@ def ucan_command(*, model: bool = True):
             try:
                 kwargs = _apply_config(kwargs, ctx, annotations, command_name)
                 rt = RuntimeOptions(**{name: kwargs.pop(name) for name in specs})
+                if model:
+                    rt.load  # noqa: B018 - exit 2 now for a combination of load flags no flow can honour
                 for group, names in groups.items():
                     kwargs[group] = {name: kwargs.pop(name) for name in names}
                 from ucan_cli.io.outdir import reading  # here, not at import: ucan --help stays light

@@ -102,6 +102,9 @@ def demo(
     from ucan_cli.ui import UI
 
     ui = UI(rt)
+    if rt.load.places_itself:
+        raise InputError("ucan demo runs its own tiny base: --device-map and --load-in-4bit/8bit are for your own base "
+                         "(ucan score, attenuate, eval, compare)")
     check_output_dir(out, force=force, protected=[cache_root()])  # before a world is built
     if data == "movielens":
         from ucan_cli.demo.movielens_world import ensure_movielens_world

@@ -101,7 +101,7 @@ def score(
     common = dict(
         params=params, token_scope=token_scope, halves=halves or "auto", template=template, max_length=rt.max_length,
         retain_max_samples=retain_max_samples, max_samples=rt.max_samples, seed=rt.seed, batch_size=rt.batch_size,
-        device=rt.device, dtype=rt.dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
+        load=rt.load, allow_overlap=allow_overlap, receipt_key=receipt_key,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     )
     from ucan_cli.report.score import dry_run_document, render_dry_run, render_score, score_document

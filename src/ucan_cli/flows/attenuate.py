@@ -128,6 +128,7 @@ def attenuate(
     command_line: str | None = None,
     progress: ProgressFactory | None = None,
     cache_dir: str | Path | None = None,
+    load=None,
 ) -> AttenuateRun:
     """Attenuate the units of ``adapter`` that fire more on ``forget`` than on ``retain``
     (``method="ucan"``), spend the same budget on random units (``method="random"``), or train
@@ -160,6 +161,8 @@ def attenuate(
         accept_weak: edit even when the verdict is ``weak`` (no more units stand out than the noise
             reference gives); recorded in the report and the ledger. Without it such a request
             declines with ``NothingToDo`` (exit 4) and nothing is written.
+        load: a ``runtime.load.LoadSpec`` (device, dtype, device map, 4-/8-bit) instead of
+            ``device`` and ``dtype``, for the statistics pass or a model method's base.
         dry_run: compute everything, write nothing (``out_dir`` is checked when given).
         command_line: recorded in the report and model card; default: an equivalent command.
         progress: a progress factory for the forward passes.
@@ -188,6 +191,10 @@ def attenuate(
         clock = now
 
     # ---------------------------------------------------------------- inputs (no model yet)
+    from ucan_cli.runtime.load import LoadSpec
+
+    load = LoadSpec.merge(load, device=device, dtype=dtype)
+    device, dtype = load.device, load.dtype
     chosen = get_method(method)
     if chosen.statistics not in (ACTIVATIONS, MODEL, ADAPTER):
         raise InputError(f"--method {method}: needs {chosen.statistics} inputs, which attenuate cannot provide")
@@ -236,7 +243,7 @@ def attenuate(
             token_scope=token_scope, halves=halves, template=template, max_length=max_length,
             retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed, batch_size=batch_size,
             device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code, accept_weak=accept_weak, progress=progress,
+            trust_remote_code=trust_remote_code, accept_weak=accept_weak, progress=progress, load=load,
         )
 
     stats = meta = None
@@ -303,7 +310,7 @@ def attenuate(
             base, source.path, forget_set, retain, params=params, token_scope=scope, halves=halves or "auto", template=template,
             max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
             batch_size=batch_size, device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
-            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress, cache_dir=cache_dir,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress, cache_dir=cache_dir, load=load,
         )
         stats, score_meta, statistics_from = run.stats, dict(run.meta), run.statistics_from
         warnings += [w for w in run.warnings if w.startswith("statistics cache")]
@@ -353,6 +360,7 @@ def attenuate(
         "seed": seed if scores is None else score_meta.get("seed", seed),
         "allow_overlap": allow_overlap,
         "accept_weak": bool(accept_weak),
+        **({"load": score_meta["load"]} if "load" in score_meta else {}),  # a quantized or device-mapped base
     }
     verdict = _verdict_doc(verdict_of)
     base_label = base if isinstance(base, (str, Path)) else None  # a (model, tokenizer) pair has no path
@@ -364,7 +372,7 @@ def attenuate(
         **option_values(params, token_scope=scope, halves=score_meta.get("halves")),
         "template": template,
         "max_length": max_length, "max_samples": max_samples, "retain_max_samples": retain_max_samples,
-        "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype,
+        "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype, **_load_values(load),
         "allow_overlap": allow_overlap, "receipt_key": receipt_key and str(receipt_key),
         "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code, "accept_weak": accept_weak,
     }
@@ -477,10 +485,17 @@ def _read_train(train, forget_set):
     return train_set, kept, counts
 
 
+def _load_values(load) -> dict:
+    """The load flags beyond --device and --dtype as option values (None: not given, so neither
+    the equivalent command nor ucan_config.toml changes for a plain load)."""
+    return {"device_map": load.device_map, "load_in_4bit": (load.quantize == "4bit") or None,
+            "load_in_8bit": (load.quantize == "8bit") or None}
+
+
 def _attenuate_model(
     common: _Common, key, fingerprint, *, base, forget, retain, scores, train, params, token_scope, halves, template, max_length,
     retain_max_samples, max_samples, seed, batch_size, device, dtype, allow_overlap, receipt_key, allow_pickle,
-    trust_remote_code, accept_weak, progress,
+    trust_remote_code, accept_weak, progress, load=None,
 ) -> AttenuateRun:
     """``attenuate`` for a ``MODEL`` method: checks, the model, the method's run, the same outputs."""
     from ucan_cli.flows.model_inputs import model_inputs, trainable_model
@@ -534,7 +549,8 @@ def _attenuate_model(
     if common.dry_run:
         edit = None
     else:
-        with trainable_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
+        with trainable_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                             load=load) as model:
             timings["load"] = time.perf_counter() - clock - timings["inputs"]
             inputs = model_inputs(
                 model, prep, template=template, batch_size=batch_size, target_k=target_k, progress=progress, train=train_encoded,
@@ -555,7 +571,7 @@ def _attenuate_model(
         "base": str(base) if isinstance(base, (str, Path)) else None, "adapter": str(common.source.path), "forget": str(forget_set.path),
         "retain": str(prep.retain.path) if prep.retain.path else None, "method": name, **params_to_dict(params),
         "template": template, "max_length": max_length, "max_samples": max_samples, "retain_max_samples": retain_max_samples,
-        "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype, "allow_overlap": allow_overlap,
+        "seed": seed, "batch_size": batch_size, "device": device, "dtype": dtype, **_load_values(load), "allow_overlap": allow_overlap,
         "receipt_key": receipt_key and str(receipt_key), "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code,
     }
     inputs_doc = {

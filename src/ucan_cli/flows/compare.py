@@ -198,7 +198,7 @@ def scores_name(unit: str) -> str:
 
 
 def _forget_recall_at_5(base, adapter_dir: Path, forget, *, template, max_length, max_samples, seed, batch_size, device, dtype, allow_pickle,
-                        trust_remote_code) -> tuple[float, int]:
+                        trust_remote_code, load=None) -> tuple[float, int]:
     """Forget Recall@5 of one written adapter (the equal-forgetting target) and the passes it cost."""
     from ucan_cli.flows.model_inputs import measure
     from ucan_cli.io.data import read_records
@@ -207,7 +207,7 @@ def _forget_recall_at_5(base, adapter_dir: Path, forget, *, template, max_length
     device_ = resolve_device(device)
     tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
     model = load_base_model(base, device=device_, dtype=resolve_dtype(dtype, device_), trust_remote_code=trust_remote_code,
-                            allow_pickle=allow_pickle)
+                            allow_pickle=allow_pickle, load=load)
     peft = attach_adapter(model, adapter_dir)
     records = read_records(forget, "forget").sample(max_samples, seed)  # the records the methods' --until checks read
     metrics, cost = measure(peft, tokenizer, records, template=template, max_length=max_length, batch_size=batch_size, ks=(5,))
@@ -245,6 +245,7 @@ def compare(
     cache_dir: str | Path | None = None,
     progress: ProgressFactory | None = None,
     note=None,
+    load=None,
 ) -> CompareRun:
     """Run ``methods`` on one adapter and request, evaluate them together, write the table.
 
@@ -262,6 +263,8 @@ def compare(
         cache_dir: the statistics cache (``ucan_cli.io.statcache``) for the shared pass, or None:
             re-running a comparison with other ``--set`` values then runs no statistics pass.
         note: called with one line per finished row (progress for the terminal), or None.
+        load: a ``runtime.load.LoadSpec`` for every model this comparison loads (instead of
+            ``device`` and ``dtype``).
 
     Raises:
         InputError (exit 2) before anything runs; UcanRuntimeError (exit 1); NothingToDo (exit 4)
@@ -296,7 +299,11 @@ def compare(
         if path is not None and not (Path(path) / "adapter_config.json").is_file():
             raise InputError(f"{flag} {path}: not a LoRA adapter directory (no adapter_config.json)")
     warnings: list[str] = []
-    common = dict(template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
+    from ucan_cli.runtime.load import LoadSpec
+
+    load = LoadSpec.merge(load, device=device, dtype=dtype)  # one load spec for every pass of every row
+    device, dtype = load.device, load.dtype
+    common = dict(template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, load=load,
                   allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     say = note or (lambda line: None)
 
@@ -380,7 +387,7 @@ def compare(
             else:
                 value, spent = _forget_recall_at_5(base, tmp / ucan_row["adapter"], forget, template=template, max_length=max_length,
                                                    max_samples=max_samples, seed=seed, batch_size=batch_size, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                                                   trust_remote_code=trust_remote_code)
+                                                   trust_remote_code=trust_remote_code, load=load)
                 target = {"metric": "forget.recall@5", "value": value, "forward_equivalents": spent, "row": ucan_row["label"]}
                 seen = set()
                 for config in until_methods:
@@ -413,7 +420,7 @@ def compare(
         ev = evaluate(base, adapter, [tmp / r["adapter"] for r in evaluated], forget, retain, holdout, reference=ref_path,
                       bootstrap=0, template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
                       dtype=dtype, allow_overlap=allow_overlap, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                      progress=progress)
+                      progress=progress, load=load)
         eval_seconds = time.perf_counter() - t
         result = ev.result
         for row, adapter_id in zip(evaluated, result.unlearned_ids):

@@ -89,6 +89,7 @@ def evaluate(
     trust_remote_code: bool = False,
     progress: ProgressFactory | None = None,
     detail: Callable[[str], None] | None = None,
+    load=None,
 ) -> EvalRun:
     """Evaluate unlearned adapters against the original on record files; optionally write the report.
 
@@ -107,7 +108,7 @@ def evaluate(
             with ``receipt_key`` (default: the user's key, created on first use).
         max_samples: evaluate a seeded sample of at most this many records per set.
         template, max_length, batch_size, device, dtype, allow_overlap, allow_pickle,
-        trust_remote_code: as for ``ucan_cli.flows.score.score``.
+        trust_remote_code, load: as for ``ucan_cli.flows.score.score``.
         progress: a progress factory for the forward passes.
         detail: called with notes worth a verbose line (model loading time).
 
@@ -144,14 +145,17 @@ def evaluate(
 
         key = load_or_create_key(receipt_key)
         fingerprint = key_fingerprint(key)
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    from ucan_cli.runtime.load import LoadSpec
+
+    load = LoadSpec.merge(load, device=device, dtype=dtype)
+    device = resolve_device(load.device)
+    dtype = resolve_dtype(load.dtype, device)
     check_against_base(entries, model_skeleton(base, trust_remote_code=trust_remote_code))
 
     # ---------------------------------------------------------------- the model and the passes
     t = time.perf_counter()
     tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
-    model = load_base_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    model = load_base_model(base, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, load=load)
     load_s = time.perf_counter() - t
     if detail is not None:
         detail(f"loaded {base} in {load_s:.1f} s on {device} ({dtype})")
@@ -160,6 +164,8 @@ def evaluate(
         ks=ks, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_length=max_length,
         template=template, progress=progress,
     )
+    if load.places_itself:  # the figures are those of a quantized or device-mapped base
+        result.settings["load"] = load.describe()
 
     # ---------------------------------------------------------------- gates, document, files
     from ucan_cli.report.eval import document_json, eval_document, eval_markdown, records_lines

@@ -39,11 +39,13 @@ def measure(model, tokenizer, records, *, template: str, max_length: int, batch_
 
 
 @contextlib.contextmanager
-def trainable_model(prep, *, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool) -> Iterator[Any]:
-    """The base with the input adapter attached, LoRA parameters trainable, dropout off."""
+def trainable_model(prep, *, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool, load=None) -> Iterator[Any]:
+    """The base with the input adapter attached, LoRA parameters trainable, dropout off (``load``:
+    a ``runtime.load.LoadSpec``; LoRA on a 4-bit base trains as QLoRA does)."""
     from ucan_cli.flows.score import adapted_model
 
-    with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
+    with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                       load=load) as model:
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(".lora_" in name)
         model.eval()

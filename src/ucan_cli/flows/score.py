@@ -25,6 +25,7 @@ from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.data import RecordSet, check_disjoint, read_records
 from ucan_cli.io.tokenize import Encoded
 from ucan_cli.progress import ProgressFactory
+from ucan_cli.runtime.load import LoadSpec
 from ucan_cli.methods.ucan.params import TOKEN_SCOPES, MethodParams, params_to_dict
 from ucan_cli.methods.ucan.scoring import ScoreResult, compute_scores
 from ucan_cli.methods.ucan.verdict import contrast_overview
@@ -247,17 +248,24 @@ def prepare(
 
 
 @contextlib.contextmanager
-def adapted_model(prep: Prepared, *, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool) -> Iterator[Any]:
-    """Load the base model (unless given), attach the adapter; a user's model is restored after."""
+def adapted_model(prep: Prepared, *, device: str, dtype: str, allow_pickle: bool, trust_remote_code: bool, load=None) -> Iterator[Any]:
+    """Load the base model (unless given), attach the adapter; a user's model is restored after.
+
+    ``load`` (a ``runtime.load.LoadSpec``) replaces ``device`` and ``dtype`` and may quantize or
+    device-map the base; such a load is recorded in ``prep.meta["load"]``."""
     import tempfile
 
+    from ucan_cli.runtime.load import LoadSpec
     from ucan_cli.runtime.models import attach_adapter, check_adapter_matches_base, load_base_model
 
     t0 = time.perf_counter()
     model = prep.model
+    load = LoadSpec.merge(load, device=device, dtype=dtype)
     if model is None:
-        model = load_base_model(prep.base_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        model = load_base_model(prep.base_spec, load=load, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         check_adapter_matches_base(prep.adapter, model)
+        if load.places_itself:
+            prep.meta["load"] = load.describe()
     with tempfile.TemporaryDirectory(prefix="ucan-adapter-") as tmp:
         adapter_dir = prep.adapter.path
         if prep.adapter_given:  # an in-memory adapter may differ from its files: attach its own tensors
@@ -341,6 +349,7 @@ def score(
     trust_remote_code: bool = False,
     progress: ProgressFactory | None = None,
     cache_dir: str | Path | None = None,
+    load=None,
 ) -> ScoreRun:
     """U-CAN steps 1-5: statistics on D_f and D_r, then risk, utility, fusion, budget, factors.
 
@@ -366,6 +375,9 @@ def score(
         cache_dir: a statistics cache directory (``ucan_cli.io.statcache``): statistics found
             there skip the model and the passes, and fresh ones are stored; None (the default)
             uses no cache. The results are the same either way.
+        load: a ``runtime.load.LoadSpec`` (device, dtype, ``--device-map``, ``--load-in-4bit`` /
+            ``--load-in-8bit``) instead of ``device`` and ``dtype``; a quantized or device-mapped
+            load is part of the cache key and recorded in ``meta["load"]``.
 
     Returns a ``ScoreRun``. When no unit is eligible, ``result`` is None and ``nothing_to_do``
     holds the reason; the statistics are still there (and worth saving).
@@ -380,12 +392,13 @@ def score(
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
+    load = LoadSpec.merge(load, device=device, dtype=dtype)
     stats, cache, key, document = None, None, None, None
     if cache_dir is not None and params.unit != "direction":  # direction moments are not cached (yet)
-        stats, cache, key, document = _cached_statistics(prep, cache_dir, template=template, device=device, dtype=dtype, batch_size=batch_size)
+        stats, cache, key, document = _cached_statistics(prep, cache_dir, template=template, load=load, batch_size=batch_size)
     statistics_from = "cache" if stats is not None else "forward pass"
     if stats is None:
-        with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
+        with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, load=load) as model:
             t1 = time.perf_counter()
             stats = _collect(model, prep, prep.forget_encoded, prep.retain_encoded, prep.halves, params, token_scope, batch_size, progress)
             prep.timings["passes_s"] = time.perf_counter() - t1
@@ -421,7 +434,7 @@ def score(
     )
 
 
-def _cached_statistics(prep: Prepared, cache_dir, *, template, device, dtype, batch_size):
+def _cached_statistics(prep: Prepared, cache_dir, *, template, load, batch_size):
     """Look this run's statistics up in the cache: ``(statistics or None, cache, key, key
     document)``; cache and key are None when the base cannot be identified (a warning says so).
     On a hit, the dtype and device the statistics were computed with go into ``prep.meta``."""
@@ -433,7 +446,7 @@ def _cached_statistics(prep: Prepared, cache_dir, *, template, device, dtype, ba
     if base_doc is None:
         prep.warnings.append(f"statistics cache not used: {reason}")
         return None, None, None, None
-    resolved = resolve_device(device)
+    resolved = resolve_device(load.device)
     meta = prep.meta
     document = {
         "base": base_doc,
@@ -443,7 +456,9 @@ def _cached_statistics(prep: Prepared, cache_dir, *, template, device, dtype, ba
         "template": template_fingerprint(template),
         "options": {
             **{k: meta[k] for k in ("unit", "scope", "halves", "max_length", "max_samples", "retain_max_samples", "seed", "allow_overlap")},
-            "device": str(resolved), "dtype": str(resolve_dtype(dtype, resolved)), "batch_size": batch_size,
+            "device": str(resolved), "dtype": str(resolve_dtype(load.dtype, resolved)), "batch_size": batch_size,
+            # a quantized or device-mapped base computes other activations: its own entries
+            **({"load": load.describe()} if load.places_itself else {}),
         },
         "versions": meta["versions"],
         "score_schema": SCHEMA_VERSION,
@@ -454,6 +469,8 @@ def _cached_statistics(prep: Prepared, cache_dir, *, template, device, dtype, ba
         prep.warnings.append(warning)
     if stats is not None:
         meta["dtype"], meta["device_type"] = entry.get("dtype"), entry.get("device_type")
+        if load.places_itself:
+            meta["load"] = load.describe()
         prep.timings["passes_s"] = 0.0
     return stats, cache, key, document
 
@@ -462,6 +479,23 @@ def _padded_tokens(encoded: Sequence[Encoded], batch_size: int) -> int:
     """Positions the passes compute (rows x padded width per batch, longest first)."""
     lengths = sorted((len(e.input_ids) for e in encoded), reverse=True)
     return sum(len(lengths[i : i + batch_size]) * lengths[i] for i in range(0, len(lengths), batch_size))
+
+
+def _footprint(prep: Prepared, load, params, *, rows: int, width: int, trust_remote_code: bool) -> dict | None:
+    """The device memory the passes need, estimated from the base's shapes (``runtime/footprint.py``);
+    None for a GGUF base (it has no separate config)."""
+    from ucan_cli.runtime.footprint import footprint
+    from ucan_cli.runtime.models import model_skeleton, resolve_device, resolve_dtype, resolve_source
+
+    if prep.user_model:
+        skeleton = prep.model
+    elif resolve_source(prep.base_spec).gguf_file:
+        return None
+    else:
+        skeleton = model_skeleton(prep.base_spec, trust_remote_code=trust_remote_code)
+    dtype = str(resolve_dtype(load.dtype, resolve_device(load.device))).replace("torch.", "")
+    return footprint(skeleton, prep.adapter.modules, unit=params.unit, dtype=dtype, quantize=load.quantize, rows=rows,
+                     width=width, max_memory_gib=params.max_memory).as_dict()
 
 
 def score_dry_run(
@@ -485,6 +519,7 @@ def score_dry_run(
     receipt_key: str | Path | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    load=None,
 ) -> ScorePlan:
     """Every check of ``score``, then one probe batch (the longest) instead of the passes.
 
@@ -500,7 +535,7 @@ def score_dry_run(
     everything = prep.forget_encoded + prep.retain_encoded
     longest = sorted(range(len(everything)), key=lambda i: -len(everything[i].input_ids))[:batch_size]
     probe = [everything[i] for i in longest]
-    with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
+    with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, load=load) as model:
         seconds = 0.0
         for _ in range(2):  # the first call includes one-off warm-up; time a second one when cheap
             t = time.perf_counter()
@@ -531,6 +566,8 @@ def score_dry_run(
     }
     if memory is not None:
         counts["memory"] = memory
+    counts["footprint"] = _footprint(prep, LoadSpec.merge(load, device=device, dtype=dtype), params, rows=batch_size,
+                                     width=max((len(e.input_ids) for e in everything), default=0), trust_remote_code=trust_remote_code)
     return ScorePlan(
         meta=prep.meta,
         counts=counts,

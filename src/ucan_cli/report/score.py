@@ -114,6 +114,7 @@ def _inputs(meta: dict[str, Any]) -> dict[str, Any]:
         "template": meta["template"],
         "dtype": meta.get("dtype"),
         "device_type": meta.get("device_type"),
+        **({"load": meta["load"]} if "load" in meta else {}),  # a quantized or device-mapped base
     }
 
 
@@ -311,6 +312,10 @@ def dry_run_document(plan) -> dict[str, Any]:
     }
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
 def render_dry_run(ui, doc: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -335,6 +340,12 @@ def render_dry_run(ui, doc: dict[str, Any]) -> None:
             "second moments (4 x d_in^2 float64 per module)",
             f"{mem['moment_bytes_total'] / 2**20:.4g} MiB in all, {mem['moment_bytes_largest_module'] / 2**20:.4g} MiB largest module; "
             f"{mem['groups']} group(s) under --max-memory {fmt(mem['max_memory_gib'])} GiB",
+        )
+    if c.get("footprint"):  # runtime/footprint.py: from the base's shapes and the load spec
+        f = c["footprint"]
+        t.add_row(
+            "device memory, estimated",
+            " + ".join(f"{_gib(f[k])} {k}" for k in ("weights", "adapter", "activations", "statistics")) + f" = {_gib(f['total'])}",
         )
     t.add_row("estimated time of both passes", f"{fmt(doc['estimate_s'])} s")
     ui.table(t)

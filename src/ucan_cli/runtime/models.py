@@ -166,10 +166,20 @@ def load_base_model(
     dtype: torch.dtype | str = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    load=None,
 ):
-    """Load a causal LM in eval mode with an explicit dtype (float32 on CPU unless told)."""
+    """Load a causal LM in eval mode with an explicit dtype (float32 on CPU unless told).
+
+    ``load`` (a ``runtime.load.LoadSpec``) gives the device and dtype (unless passed resolved,
+    as torch objects) and adds a device map or 4-/8-bit quantization; then transformers places
+    the weights while loading and the model is never moved afterwards.
+    """
     from transformers import AutoModelForCausalLM
 
+    if load is not None:
+        load.check_available()
+        device = load.device if isinstance(device, str) else device  # resolved objects win: callers resolved them from load
+        dtype = load.dtype if isinstance(dtype, str) else dtype
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     source = resolve_source(spec)
@@ -177,11 +187,17 @@ def load_base_model(
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if source.is_local and not source.gguf_file:
         kwargs["use_safetensors"] = not allow_pickle or any(source.local_dir.glob("*.safetensors"))
+    placed = load is not None and load.places_itself
+    if placed:
+        if source.gguf_file:
+            raise InputError(f"{spec}: a .gguf base loads dequantized; --device-map and --load-in-4bit/8bit need a model directory")
+        kwargs.update(load.from_pretrained_kwargs(device, dtype))
     with hf_quiet():
         model = _from_pretrained(AutoModelForCausalLM, source, "model", **kwargs)
     if source.gguf_file and getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None  # dequantized on load; lets it save and run as a plain model
-    model.to(device)
+    if not placed:
+        model.to(device)
     model.eval()
     return model
 

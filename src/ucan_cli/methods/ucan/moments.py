@@ -160,7 +160,7 @@ class _MomentAccumulator:
     def hook(self, i: int):
         def keep(_module, args):
             self.calls[i] += 1
-            self.x[i] = args[0]
+            self.x[i] = args[0].to(self.device)  # a no-op unless a device map put the module on another device
 
         return keep
 

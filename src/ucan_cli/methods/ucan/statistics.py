@@ -262,7 +262,7 @@ class _Accumulator:
 
         def keep(_module, _inputs, output):
             self.calls[i] += 1
-            self.z[i] = output
+            self.z[i] = output.to(self.device)  # a no-op unless a device map put the module on another device
 
         return keep
 
