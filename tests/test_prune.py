@@ -231,3 +231,18 @@ def test_prune_through_the_console_script(world):
     assert proc.returncode == 0, proc.stderr
     assert "prune (pruning)" in proc.stdout + proc.stderr
     assert (out / "adapter_model.safetensors").read_bytes() == (world["root"] / "in-process" / "adapter_model.safetensors").read_bytes()
+
+
+def test_the_budget_is_the_exact_ceiling_of_the_decimal_ratio():
+    """k = ceil(ratio x live) in rationals, U-CAN's own budget_size: 0.07 x 100 live units is 7 units,
+    where math.ceil(0.07 * 100) would give 8 from binary rounding (7.000000000000001)."""
+    import numpy as np
+
+    from ucan_cli.methods.prune.method import choose
+    from ucan_cli.methods.prune.params import PruneParams
+
+    assert np.ceil(0.07 * 100) == 8
+    n = 100
+    forget, retain = np.arange(1, n + 1, dtype=float), np.ones(n)
+    picked = choose(forget, retain, np.ones(n, dtype=bool), PruneParams(prune_ratio=0.07).validate())
+    assert picked.k == 7 and len(picked.chosen) == 7

@@ -26,7 +26,6 @@ a pruned unit's cumulative factor is 0). Deterministic: ``--seed`` only seeds th
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ import numpy as np
 from ucan_cli.errors import NothingToDo
 from ucan_cli.methods.base import MODEL, Edit, Method, ModelInputs, Verdict
 from ucan_cli.methods.prune.params import PruneParams
+from ucan_cli.methods.ucan.scoring import budget_size
 
 VERDICT = Verdict("pruning", "pruning makes no contrast verdict: check the result with `ucan eval`", None)
 #: How many pruned units the report's summary lists (the highest scores); the rest are counted.
@@ -95,7 +95,7 @@ def choose(forget: np.ndarray, retain: np.ndarray | None, live: np.ndarray, para
     else:
         score = f.copy()
     score = np.where(candidates, score, 0.0)
-    k = params.prune_count if params.prune_count is not None else math.ceil(params.prune_ratio * n_live)
+    k = params.prune_count if params.prune_count is not None else budget_size(params.prune_ratio, n_live)
     pool = np.flatnonzero(candidates)
     order = pool[np.argsort(-score[pool], kind="stable")]  # stable: equal scores keep the lower index first
     chosen = order[: min(int(k), pool.size)]
