@@ -42,7 +42,8 @@ class RuntimeOptions:
 
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 16
+    batch_size: int | str = 16  # an int, or "auto" (ucan_cli.runtime.batching)
+    max_batch_tokens: Optional[int] = None
     max_samples: Optional[int] = None
     max_length: Optional[int] = None
     seed: int = 0
@@ -56,6 +57,16 @@ def _opt(default, *names, help: str, panel: str, **kw):
     return default, typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
+def _parse_batch_size(value: str):
+    """--batch-size on the command line: a positive int or auto (a bad value: one line, exit 2)."""
+    from ucan_cli.runtime.batching import parse_batch_size
+
+    try:
+        return parse_batch_size(value)
+    except InputError as exc:
+        raise typer.BadParameter(exc.message.removeprefix("--batch-size ")) from None
+
+
 #: name -> (annotation, default, typer.Option); "model" options only on commands that run a model.
 _MODEL_RUNTIME = {
     "device": (str, *_opt("auto", "--device", help="cpu, cuda, cuda:N or auto (cuda when available).", panel=PANEL_PERF)),
@@ -63,7 +74,20 @@ _MODEL_RUNTIME = {
         str,
         *_opt("auto", "--dtype", help="float32, bfloat16, float16 or auto (float32 on CPU, bf16 on CUDA).", panel=PANEL_PERF),
     ),
-    "batch_size": (int, *_opt(16, "--batch-size", help="Records per forward pass.", panel=PANEL_PERF, min=1)),
+    "batch_size": (
+        str,
+        *_opt(
+            "16", "--batch-size", panel=PANEL_PERF, callback=_parse_batch_size,
+            help="Records per forward pass, or auto: the largest that fits (starts at 64 on CUDA, 16 on CPU; halves on out-of-memory).",
+        ),
+    ),
+    "max_batch_tokens": (
+        Optional[int],
+        *_opt(
+            None, "--max-batch-tokens", panel=PANEL_PERF, min=1,
+            help="Padded tokens per batch at most (rows x longest row): cuts batches of long prompts.",
+        ),
+    ),
     "max_samples": (
         Optional[int],
         *_opt(None, "--max-samples", help="Use at most N records per set (a seeded sample).", panel=PANEL_DATA, min=1),
@@ -242,6 +266,11 @@ def _apply_config(kwargs: dict, ctx, annotations: dict, command: str) -> dict:
             continue  # command-line flags win
         if any(from_command_line(other) for pair in EXCLUSIVE_OPTIONS if name in pair for other in pair if other != name):
             continue  # the command line chose the other one of an exclusive pair (--tau over a config's ratio)
+        if name == "batch_size":  # an int or "auto": no single annotation converts both
+            from ucan_cli.runtime.batching import parse_batch_size
+
+            kwargs[name] = parse_batch_size(value, source=f"{config_path}: option 'batch_size'")
+            continue
         kwargs[name] = convert(value, annotations[name], name, Path(config_path))
     return kwargs
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from ucan_cli.runtime.batching import fixed_batch_size
 from ucan_cli.options import PANEL_DATA, PANEL_OUTPUT, RuntimeOptions, method_options, ucan_command
 
 BUDGET_COLD_S = 120.0
@@ -217,7 +218,7 @@ def _run(
         "scores": out / "scores.safetensors", "unlearned": out / "unlearned", "random": out / "random-units",
         "eval": out / "eval",
     }
-    common = dict(seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, max_length=rt.max_length,
+    common = dict(seed=rt.seed, batch_size=fixed_batch_size(rt.batch_size, rt.device), device=rt.device, dtype=rt.dtype, max_length=rt.max_length,
                   max_samples=rt.max_samples)
     params = params_from_options(ratio=ratio)
 
@@ -303,7 +304,7 @@ def _evaluate(ui, rt: RuntimeOptions, paths: dict) -> dict:
     sets = {name: read_records(paths[name], name).sample(rt.max_samples, rt.seed) for name in ("forget", "retain", "holdout")}
     result = evaluate(
         str(paths["base"]), None, entries, sets["forget"], sets["retain"], sets["holdout"], bootstrap=EVAL_BOOTSTRAP,
-        seed=rt.seed, batch_size=rt.batch_size, max_length=rt.max_length, device=rt.device, dtype=rt.dtype,
+        seed=rt.seed, batch_size=fixed_batch_size(rt.batch_size, rt.device), max_length=rt.max_length, device=rt.device, dtype=rt.dtype,
         progress=ui.progress,
     )
     document = eval_document(result, base=str(paths["base"]))

@@ -113,7 +113,7 @@ def score(
             render_dry_run(ui, doc)
         return
 
-    run = api.score(base, adapter, forget, retain, progress=ui.progress, **common)
+    run = api.score(base, adapter, forget, retain, progress=ui.progress, max_batch_tokens=rt.max_batch_tokens, **common)
     from ucan_cli.methods.ucan.scorefile import save_score_file
 
     save_score_file(output, run.stats, run.result, run.meta, force=force)

@@ -28,6 +28,8 @@ from ucan_cli.progress import ProgressFactory
 from ucan_cli.methods.ucan.params import TOKEN_SCOPES, MethodParams
 from ucan_cli.methods.ucan.scoring import ScoreResult, compute_scores
 from ucan_cli.methods.ucan.verdict import contrast_overview
+from ucan_cli.runtime.batching import Batcher, check_max_batch_tokens, fixed_batch_size, parse_batch_size
+
 
 @dataclass
 class ScoreRun:
@@ -92,8 +94,7 @@ def _check_options(params, token_scope, batch_size, max_length, max_samples, ret
     params.validate()
     if token_scope not in TOKEN_SCOPES:
         raise InputError(f"--token-scope must be one of {', '.join(TOKEN_SCOPES)}, got {token_scope!r}")
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be positive, got {batch_size}")
+    parse_batch_size(batch_size)
     if max_length is not None and max_length < 2:
         raise InputError(f"--max-length must be at least 2, got {max_length}")
     if max_samples is not None and max_samples < 1:
@@ -295,7 +296,7 @@ def score(
     retain_max_samples: int | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     device: str = "auto",
     dtype: str = "auto",
     allow_overlap: bool = False,
@@ -303,6 +304,7 @@ def score(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     progress: ProgressFactory | None = None,
+    max_batch_tokens: int | None = None,
 ) -> ScoreRun:
     """U-CAN steps 1-5: statistics on D_f and D_r, then risk, utility, fusion, budget, factors.
 
@@ -320,11 +322,13 @@ def score(
         retain_max_samples: at most this many retain records (a seeded sample).
         max_samples: at most this many records per set (a seeded sample).
         seed: seeds the samples and the split of D_r into halves.
-        batch_size, device, dtype: how the passes run.
+        batch_size, device, dtype: how the passes run; ``batch_size="auto"`` halves on
+            out-of-memory (``ucan_cli.runtime.batching``); ``meta["batch"]`` records the size used.
         allow_overlap: allow the same id / user_id in both sets.
         receipt_key: the HMAC key file for the forget receipt (default: the user config dir).
         allow_pickle, trust_remote_code: model loading permissions.
         progress: a progress factory (one bar per pass).
+        max_batch_tokens: at most this many padded tokens (rows x longest row) per batch.
 
     Returns a ``ScoreRun``. When no unit is eligible, ``result`` is None and ``nothing_to_do``
     holds the reason; the statistics are still there (and worth saving).
@@ -333,6 +337,7 @@ def score(
     ``UcanRuntimeError`` for failures while computing.
     """
     t0 = time.perf_counter()
+    check_max_batch_tokens(max_batch_tokens)
     prep = prepare(
         base, adapter, forget, retain, params=params, token_scope=token_scope, halves=halves, template=template,
         max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
@@ -341,10 +346,12 @@ def score(
     )
     with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) as model:
         t1 = time.perf_counter()
+        batcher = Batcher(batch_size, max_tokens=max_batch_tokens, device_type=prep.meta["device_type"])
         stats = collect_statistics(
             model, prep.adapter, prep.forget_encoded, prep.retain_encoded, halves=prep.halves, unit=params.unit,
-            scope=token_scope, batch_size=batch_size, pad_id=_pad_id(prep.tokenizer), progress=progress,
+            scope=token_scope, batch_size=batcher, pad_id=_pad_id(prep.tokenizer), progress=progress,
         )
+        prep.meta["batch"] = batcher.meta()
         prep.timings["passes_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     result: ScoreResult | None = None
@@ -387,7 +394,7 @@ def score_dry_run(
     retain_max_samples: int | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     device: str = "auto",
     dtype: str = "auto",
     allow_overlap: bool = False,
@@ -406,6 +413,7 @@ def score_dry_run(
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
+    batch_size = fixed_batch_size(batch_size, device)  # auto: the probe times its start size
     everything = prep.forget_encoded + prep.retain_encoded
     longest = sorted(range(len(everything)), key=lambda i: -len(everything[i].input_ids))[:batch_size]
     probe = [everything[i] for i in longest]

@@ -109,6 +109,7 @@ def score_document(run, *, output: str | None, written: bool, top: int = 10) -> 
             "template": meta["template"],
             "dtype": meta.get("dtype"),
             "device_type": meta.get("device_type"),
+            "batch": meta.get("batch"),
         },
         "method": {**meta["params"], "token_scope": meta["scope"]},
         "noise": {
