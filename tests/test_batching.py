@@ -333,3 +333,52 @@ def test_cli_score_batch_size_auto_subprocess(tiny_models, adapters, world, tmp_
 
     stats, meta = load_score_file(out)
     assert meta["batch"]["used"] == 16 and stats.forget.n_records == 6 and stats.retain.n_records == 12
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval's passes
+
+
+def _item_rows(n: int, seed: int, user_offset: int = 0) -> list[dict]:
+    """Records with multi-token candidates (teacher-forced candidate batches)."""
+    import random
+
+    from conftest import ITEMS
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        cands = rng.sample(ITEMS, 3) + [" ".join(rng.sample(ITEMS, 2))]
+        rows.append({"id": f"M{seed}-{i}", "user_id": f"u{user_offset + i}", "instruction": "Which item will the user pick next?",
+                     "input": "History: " + " ".join(rng.sample(ITEMS, rng.randint(1, 5))), "output": cands[0], "candidates": cands})
+    return rows
+
+
+def test_eval_out_of_memory_mid_batch_counts_every_sequence_once(tiny_models, adapters, tmp_path, monkeypatch):
+    from ucan_cli.evaluation.run import adapter_entries, evaluate
+    from ucan_cli.io.data import read_records
+
+    forget = read_records(write_jsonl(tmp_path / "f.jsonl", _item_rows(6, seed=1)), "forget")
+    retain = read_records(write_jsonl(tmp_path / "r.jsonl", _item_rows(5, seed=2, user_offset=50)), "retain")
+    model, tok = _loaded(tiny_models)
+    entries = adapter_entries(adapters["llama"], [adapters["llama"]])
+    fixed = evaluate(model, tok, entries, forget, retain, bootstrap=0, batch_size=4)
+    monkeypatch.setattr(batching, "AUTO_START_DEFAULT", 4)
+    # forget's first batch of 4 records: per adapter 1 record forward + 4 candidate forwards
+    # (16 sequences, 4 rows each); call 13 is inside the second batch, after its first forwards
+    handle, calls = _oom_once_in_layer_one(model, on_call=13)
+    try:
+        auto = evaluate(model, tok, entries, forget, retain, bootstrap=0, batch_size="auto")
+    finally:
+        handle.remove()
+    assert auto.settings["batch"] == {"requested": "auto", "used": 1, "halvings": 1, "max_batch_tokens": None}
+    assert auto.settings["batch_size"] == 1 and fixed.settings["batch_size"] == 4
+    for name in ("forget", "retain"):
+        a, f = auto.passes[name], fixed.passes[name]
+        assert a.sequences == f.sequences  # every record and candidate counted once
+        for aid in a.nll:
+            np.testing.assert_allclose(a.nll[aid], f.nll[aid], rtol=RTOL, atol=0)
+            np.testing.assert_allclose(a.cand_logp[aid], f.cand_logp[aid], rtol=RTOL, atol=0)
+    for a in fixed.results:
+        for group in ("forget", "retain", "tradeoff"):
+            assert auto.results[a][group] == pytest.approx(fixed.results[a][group], rel=1e-9), (a, group)

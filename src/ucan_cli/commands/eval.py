@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ucan_cli.runtime.batching import fixed_batch_size
 from ucan_cli.options import (
     AllowOverlapOpt,
     AllowPickleOpt,
@@ -98,9 +97,9 @@ def eval_(
         base, adapter, unlearned, forget, retain, holdout, reference=reference, include_base=include_base,
         ks=parse_int_list(k, "-k"), bootstrap=bootstrap, fail_if=fail_if or [], out_dir=out, force=force,
         per_record=per_record, receipt_key=receipt_key, template=template, max_length=rt.max_length,
-        max_samples=rt.max_samples, seed=rt.seed, batch_size=fixed_batch_size(rt.batch_size, rt.device), device=rt.device, dtype=rt.dtype,
+        max_samples=rt.max_samples, seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype,
         allow_overlap=allow_overlap, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-        progress=ui.progress, detail=ui.detail,
+        progress=ui.progress, detail=ui.detail, max_batch_tokens=rt.max_batch_tokens,
     )
     if run.out_dir is not None:
         ui.info(f"wrote {out}/" + " and ".join(run.files))

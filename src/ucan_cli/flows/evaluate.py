@@ -81,7 +81,7 @@ def evaluate(
     max_length: int | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     device: str = "auto",
     dtype: str = "auto",
     allow_overlap: bool = False,
@@ -89,6 +89,7 @@ def evaluate(
     trust_remote_code: bool = False,
     progress: ProgressFactory | None = None,
     detail: Callable[[str], None] | None = None,
+    max_batch_tokens: int | None = None,
 ) -> EvalRun:
     """Evaluate unlearned adapters against the original on record files; optionally write the report.
 
@@ -109,6 +110,7 @@ def evaluate(
         template, max_length, batch_size, device, dtype, allow_overlap, allow_pickle,
         trust_remote_code: as for ``ucan_cli.flows.score.score``.
         progress: a progress factory for the forward passes.
+        max_batch_tokens: at most this many padded tokens per batch (``runtime.batching``).
         detail: called with notes worth a verbose line (model loading time).
 
     Raises:
@@ -121,10 +123,13 @@ def evaluate(
     from ucan_cli.io.data import check_disjoint, read_records
     from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
     from ucan_cli.io.receipts import key_path
+    from ucan_cli.runtime.batching import check_max_batch_tokens, parse_batch_size
     from ucan_cli.runtime.models import load_base_model, load_tokenizer, model_skeleton, resolve_device, resolve_dtype
 
     # ---------------------------------------------------------------- checks (no model yet)
     ks = list(check_settings(ks, bootstrap))
+    parse_batch_size(batch_size)
+    check_max_batch_tokens(max_batch_tokens)
     gates = parse_gates(fail_if, ks=ks, have_reference=reference is not None, have_holdout=holdout is not None)
     if per_record and out_dir is None:
         raise InputError("--per-record writes records.jsonl into the report directory; give -o")
@@ -158,7 +163,7 @@ def evaluate(
     result = run_evaluation(
         model, tokenizer, entries, sets["forget"], sets["retain"], sets.get("holdout"),
         ks=ks, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_length=max_length,
-        template=template, progress=progress,
+        template=template, progress=progress, max_batch_tokens=max_batch_tokens,
     )
 
     # ---------------------------------------------------------------- gates, document, files
