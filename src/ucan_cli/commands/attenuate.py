@@ -153,6 +153,8 @@ def attenuate(
     from ucan_cli.ui import UI
 
     ui = UI(rt)
+    if rt.max_batch_tokens is not None:
+        ui.warn("--max-batch-tokens applies to score and eval; attenuate does not use it")
     if adapter is None:
         raise InputError("--adapter: the input adapter directory is required")
     token_scope, halves = options.pop("token_scope"), options.pop("halves")

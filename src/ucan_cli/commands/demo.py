@@ -103,6 +103,8 @@ def demo(
     from ucan_cli.ui import UI
 
     ui = UI(rt)
+    if rt.max_batch_tokens is not None:
+        ui.warn("--max-batch-tokens applies to score and eval; demo does not use it")
     check_output_dir(out, force=force, protected=[cache_root()])  # before a world is built
     if data == "movielens":
         from ucan_cli.demo.movielens_world import ensure_movielens_world
