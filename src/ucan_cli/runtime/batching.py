@@ -171,7 +171,11 @@ class Batcher:
                 if not is_out_of_memory(exc):
                     raise
                 self._shrink(len(chunk), int(batch.input_ids.shape[1]), exc)
-                del batch
+                failed = True
+            else:
+                failed = False
+            del batch
+            if failed:  # outside the except block: the traceback (and the tensors it holds) is gone
                 _release_cached_memory()
                 continue
             start += len(chunk)
