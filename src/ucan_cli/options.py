@@ -77,7 +77,7 @@ _MODEL_RUNTIME = {
     "batch_size": (
         str,
         *_opt(
-            "16", "--batch-size", panel=PANEL_PERF, callback=_parse_batch_size,
+            "16", "--batch-size", panel=PANEL_PERF, callback=_parse_batch_size, metavar="N|auto",
             help="Records per forward pass, or auto: the largest that fits (starts at 64 on CUDA, 16 on CPU; halves on out-of-memory).",
         ),
     ),
