@@ -76,3 +76,34 @@ def test_dry_run_prints_the_estimate(tmp_path, tiny_models, adapters):
     assert f["weights"] == 4 * sum(p.numel() for p in model.parameters())  # float32 on CPU
     assert f["total"] == f["weights"] + f["adapter"] + f["activations"] + f["statistics"]
     assert f["activations"] > 0 and f["statistics"] > 0
+
+
+def test_dry_run_of_a_base_without_weights(tmp_path, tiny_models, adapters):
+    """A config and a tokenizer, no weight file (a 7B shape on a laptop): the CLI estimates the
+    memory from the shapes, in the dtype asked, without loading or probing anything."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from conftest import forget_retain_world
+    from ucan_cli.cli import app
+    from ucan_cli.runtime.models import has_weights
+
+    w = forget_retain_world(tmp_path, tiny_models, adapters)
+    shapes = tmp_path / "shapes-only"
+    shapes.mkdir()
+    for path in w["base"].iterdir():
+        if not path.name.endswith(".safetensors"):
+            shutil.copy(path, shapes / path.name)
+    assert has_weights(str(w["base"])) and not has_weights(str(shapes))
+    args = ["score", "--adapter", str(w["adapter"]), "--forget", str(w["forget"]), "--retain", str(w["retain"]),
+            "--receipt-key", str(w["key"]), "--batch-size", "4", "--dry-run", "--json", "--dtype", "bfloat16"]
+    result = CliRunner().invoke(app, [*args, "--base", str(shapes)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    with_weights = json.loads(CliRunner().invoke(app, [*args, "--base", str(w["base"])]).stdout)
+    assert doc["probe"]["seconds"] is None and doc["estimate_s"] is None and doc["dtype"] == "bfloat16"
+    assert with_weights["probe"]["seconds"] > 0
+    assert doc["counts"]["footprint"] == with_weights["counts"]["footprint"]  # shapes alone decide it
+    assert any("has a config but no weights" in line for line in doc["warnings"])

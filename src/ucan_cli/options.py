@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import traceback
 import typing
@@ -42,7 +43,8 @@ class RuntimeOptions:
 
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 16
+    batch_size: int | str = 16  # an int, or "auto" (ucan_cli.runtime.batching)
+    max_batch_tokens: Optional[int] = None
     max_samples: Optional[int] = None
     max_length: Optional[int] = None
     device_map: Optional[str] = None
@@ -53,6 +55,12 @@ class RuntimeOptions:
     quiet: bool = False
     verbose: int = 0
     config: Optional[Path] = None
+    rank: int = 0  # this process's rank under torchrun / accelerate launch (runtime/distributed.py)
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes and prints: the only one, or rank 0 under a launcher."""
+        return self.rank == 0
 
     @property
     def load(self):
@@ -68,6 +76,16 @@ def _opt(default, *names, help: str, panel: str, **kw):
     return default, typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
+def _parse_batch_size(value: str):
+    """--batch-size on the command line: a positive int or auto (a bad value: one line, exit 2)."""
+    from ucan_cli.runtime.batching import parse_batch_size
+
+    try:
+        return parse_batch_size(value)
+    except InputError as exc:
+        raise typer.BadParameter(exc.message.removeprefix("--batch-size ")) from None
+
+
 #: name -> (annotation, default, typer.Option); "model" options only on commands that run a model.
 _MODEL_RUNTIME = {
     "device": (str, *_opt("auto", "--device", help="cpu, cuda, cuda:N or auto (cuda when available).", panel=PANEL_PERF)),
@@ -75,7 +93,20 @@ _MODEL_RUNTIME = {
         str,
         *_opt("auto", "--dtype", help="float32, bfloat16, float16 or auto (float32 on CPU, bf16 on CUDA).", panel=PANEL_PERF),
     ),
-    "batch_size": (int, *_opt(16, "--batch-size", help="Records per forward pass.", panel=PANEL_PERF, min=1)),
+    "batch_size": (
+        str,
+        *_opt(
+            "16", "--batch-size", panel=PANEL_PERF, callback=_parse_batch_size, metavar="N|auto",
+            help="Records per forward pass, or auto: the largest that fits (starts at 64 on CUDA, 16 on CPU; halves on out-of-memory).",
+        ),
+    ),
+    "max_batch_tokens": (
+        Optional[int],
+        *_opt(
+            None, "--max-batch-tokens", panel=PANEL_PERF, min=1,
+            help="Padded tokens per batch at most (rows x longest row): cuts batches of long prompts.",
+        ),
+    ),
     "max_samples": (
         Optional[int],
         *_opt(None, "--max-samples", help="Use at most N records per set (a seeded sample).", panel=PANEL_DATA, min=1),
@@ -280,14 +311,43 @@ def _apply_config(kwargs: dict, ctx, annotations: dict, command: str) -> dict:
             continue  # command-line flags win
         if any(from_command_line(other) for pair in EXCLUSIVE_OPTIONS if name in pair for other in pair if other != name):
             continue  # the command line chose the other one of an exclusive pair (--tau over a config's ratio)
+        if name == "batch_size":  # an int or "auto": no single annotation converts both
+            from ucan_cli.runtime.batching import parse_batch_size
+
+            kwargs[name] = parse_batch_size(value, source=f"{config_path}: option 'batch_size'")
+            continue
         kwargs[name] = convert(value, annotations[name], name, Path(config_path))
     return kwargs
 
 
-def _report_error(message: str) -> None:
-    """One plain line on stderr: greppable, no markup, no traceback."""
-    sys.stderr.write(f"error: {message}\n")
+def _report_error(message: str, rank: int = 0) -> None:
+    """One plain line on stderr: greppable, no markup, no traceback (prefixed ``rank N:`` on the
+    other ranks of a launcher, so a failure of one rank alone is seen too)."""
+    sys.stderr.write(f"{f'rank {rank}: ' if rank else ''}error: {message}\n")
     sys.stderr.flush()
+
+
+def _rank() -> int:
+    from ucan_cli.runtime.distributed import launched
+
+    return int(os.environ.get("RANK", 0) or 0) if launched() > 1 else 0
+
+
+def _join_ranks(rt: RuntimeOptions, command: str, model: bool) -> RuntimeOptions:
+    """Under torchrun / accelerate launch, join the process group (``runtime/distributed.py``):
+    the rank goes into ``rt`` (only rank 0 writes and prints) and, on NCCL, each rank's
+    ``--device cuda`` / ``auto`` becomes its own GPU. Without a launcher ``rt`` is returned as is."""
+    from ucan_cli.runtime.distributed import init_from_env, launched
+
+    if launched() <= 1:
+        return rt
+    import dataclasses
+
+    ranks = init_from_env(command, device=rt.device if model else "cpu", device_map=rt.device_map if model else None)
+    changes = {"rank": ranks.rank}
+    if ranks.backend == "nccl" and rt.device in ("auto", "cuda"):
+        changes["device"] = f"cuda:{ranks.local_rank}"
+    return dataclasses.replace(rt, **changes)
 
 
 def ucan_command(*, model: bool = True):
@@ -326,18 +386,23 @@ def ucan_command(*, model: bool = True):
                 rt = RuntimeOptions(**{name: kwargs.pop(name) for name in specs})
                 if model:
                     rt.load  # noqa: B018 - exit 2 now for a combination of load flags no flow can honour
+                rt = _join_ranks(rt, command_name, model)
                 for group, names in groups.items():
                     kwargs[group] = {name: kwargs.pop(name) for name in names}
                 from ucan_cli.io.outdir import reading  # here, not at import: ucan --help stays light
 
                 with reading(rt.config):  # no output may overlap the --config file
-                    return fn(*args, rt=rt, **kwargs)
+                    result = fn(*args, rt=rt, **kwargs)
+                from ucan_cli.runtime.distributed import shutdown
+
+                shutdown()
+                return result
             except typer.Exit:
                 raise
             except UcanError as exc:
                 if verbose >= 2:
                     traceback.print_exc()
-                _report_error(exc.message)
+                _report_error(exc.message, _rank())
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated): outputs were cleaned up
                 signum = getattr(exc, "signum", 2)
@@ -347,7 +412,7 @@ def ucan_command(*, model: bool = True):
                 if verbose >= 2:
                     traceback.print_exc()
                 first = str(exc).splitlines()[0] if str(exc) else ""
-                _report_error(f"{type(exc).__name__}: {first} (rerun with -vv for the traceback)")
+                _report_error(f"{type(exc).__name__}: {first} (rerun with -vv for the traceback)", _rank())
                 raise typer.Exit(EXIT_RUNTIME) from None
 
         wrapper.__signature__ = signature.replace(parameters=params + extra + [context_param], return_annotation=None)

@@ -165,7 +165,7 @@ def attenuate(
         adapter, output, base=base, forget=forget, retain=retain, scores=scores, train=train, method=method, params={**options, **gradient},
         token_scope=token_scope, halves=halves,
         template=template, max_length=rt.max_length, retain_max_samples=retain_max_samples, max_samples=rt.max_samples,
-        seed=rt.seed, batch_size=rt.batch_size, load=rt.load, allow_overlap=allow_overlap,
+        seed=rt.seed, batch_size=rt.batch_size, max_batch_tokens=rt.max_batch_tokens, load=rt.load, allow_overlap=allow_overlap,
         receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force,
         accept_weak=accept_weak, dry_run=dry_run, command_line=shlex.join(["ucan", *sys.argv[1:]]), progress=ui.progress,
         cache_dir=resolve_cache_dir(cache_dir, no_cache),

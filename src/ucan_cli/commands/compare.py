@@ -107,7 +107,7 @@ def compare(
     run = run_compare(
         base, adapter, forget, retain, holdout, out, methods=methods.split(","), settings=set_ or [], train=train,
         reference=reference, equal_forgetting=equal_forgetting, accept_weak=accept_weak, template=template, max_length=rt.max_length, max_samples=rt.max_samples, seed=rt.seed,
-        batch_size=rt.batch_size, load=rt.load, allow_overlap=allow_overlap, receipt_key=receipt_key,
+        batch_size=rt.batch_size, max_batch_tokens=rt.max_batch_tokens, load=rt.load, allow_overlap=allow_overlap, receipt_key=receipt_key,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, force=force, cache_dir=resolve_cache_dir(cache_dir, no_cache), progress=ui.progress, note=ui.detail,
     )
     ui.info(f"wrote {out}/: " + ", ".join(run.files) + ", methods/")

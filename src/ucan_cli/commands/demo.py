@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from ucan_cli.runtime.batching import fixed_batch_size
 from ucan_cli.options import PANEL_DATA, PANEL_OUTPUT, RuntimeOptions, method_options, ucan_command
 
 BUDGET_COLD_S = 120.0
@@ -105,6 +106,8 @@ def demo(
     if rt.load.places_itself:
         raise InputError("ucan demo runs its own tiny base: --device-map and --load-in-4bit/8bit are for your own base "
                          "(ucan score, attenuate, eval, compare)")
+    if rt.max_batch_tokens is not None:
+        ui.warn("--max-batch-tokens applies to score and eval; demo does not use it")
     check_output_dir(out, force=force, protected=[cache_root()])  # before a world is built
     if data == "movielens":
         from ucan_cli.demo.movielens_world import ensure_movielens_world
@@ -220,7 +223,7 @@ def _run(
         "scores": out / "scores.safetensors", "unlearned": out / "unlearned", "random": out / "random-units",
         "eval": out / "eval",
     }
-    common = dict(seed=rt.seed, batch_size=rt.batch_size, device=rt.device, dtype=rt.dtype, max_length=rt.max_length,
+    common = dict(seed=rt.seed, batch_size=fixed_batch_size(rt.batch_size, rt.device), device=rt.device, dtype=rt.dtype, max_length=rt.max_length,
                   max_samples=rt.max_samples)
     params = params_from_options(ratio=ratio)
 
@@ -306,7 +309,7 @@ def _evaluate(ui, rt: RuntimeOptions, paths: dict) -> dict:
     sets = {name: read_records(paths[name], name).sample(rt.max_samples, rt.seed) for name in ("forget", "retain", "holdout")}
     result = evaluate(
         str(paths["base"]), None, entries, sets["forget"], sets["retain"], sets["holdout"], bootstrap=EVAL_BOOTSTRAP,
-        seed=rt.seed, batch_size=rt.batch_size, max_length=rt.max_length, device=rt.device, dtype=rt.dtype,
+        seed=rt.seed, batch_size=fixed_batch_size(rt.batch_size, rt.device), max_length=rt.max_length, device=rt.device, dtype=rt.dtype,
         progress=ui.progress,
     )
     document = eval_document(result, base=str(paths["base"]))

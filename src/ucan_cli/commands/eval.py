@@ -99,7 +99,7 @@ def eval_(
         per_record=per_record, receipt_key=receipt_key, template=template, max_length=rt.max_length,
         max_samples=rt.max_samples, seed=rt.seed, batch_size=rt.batch_size, load=rt.load,
         allow_overlap=allow_overlap, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-        progress=ui.progress, detail=ui.detail,
+        progress=ui.progress, detail=ui.detail, max_batch_tokens=rt.max_batch_tokens,
     )
     if run.out_dir is not None:
         ui.info(f"wrote {out}/" + " and ".join(run.files))

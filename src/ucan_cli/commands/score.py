@@ -119,10 +119,12 @@ def score(
 
     from ucan_cli.io.statcache import resolve_cache_dir
 
-    run = api.score(base, adapter, forget, retain, progress=ui.progress, cache_dir=resolve_cache_dir(cache_dir, no_cache), **common)
+    run = api.score(base, adapter, forget, retain, progress=ui.progress, cache_dir=resolve_cache_dir(cache_dir, no_cache),
+                    max_batch_tokens=rt.max_batch_tokens, **common)
     from ucan_cli.methods.ucan.scorefile import save_score_file
 
-    save_score_file(output, run.stats, run.result, run.meta, force=force)
+    if rt.main:  # under torchrun every rank holds the same statistics; rank 0 writes them
+        save_score_file(output, run.stats, run.result, run.meta, force=force)
     for warning in run.warnings:
         ui.warn(warning)
     doc = score_document(run, output=str(output), written=True, top=top)

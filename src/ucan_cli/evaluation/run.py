@@ -61,10 +61,10 @@ from ucan_cli.io.tokenize import (
     collate,
     default_max_length,
     encode_set,
-    iter_batches,
     pad_token_id,
 )
 from ucan_cli.progress import ProgressFactory, or_null
+from ucan_cli.runtime.batching import Batcher
 
 SET_NAMES: tuple[str, ...] = ("forget", "retain", "holdout")
 """The record sets of an evaluation, in report order."""
@@ -303,7 +303,7 @@ def _run_columns(
     *,
     formatter: PromptFormatter,
     max_length: int,
-    batch_size: int,
+    batch_size: int | Batcher,
     padding_side: str,
     reference_kl: bool,
     progress: ProgressFactory | None,
@@ -312,6 +312,9 @@ def _run_columns(
 
     The first column must be the original (its log-probs are the p of the full-vocabulary KL);
     with ``reference_kl`` the column with role ``reference`` supplies the p of KL(p_ref || p_x).
+    ``batch_size`` may be a ``runtime.batching.Batcher`` (``auto``, a token budget): a record
+    batch that runs out of memory is retried whole, so its rows' values are written again and
+    its counters and times are added only once it completes.
     """
     t0 = time.perf_counter()
     encoded = encode_set(list(records), tokenizer, formatter, max_length, with_candidates=True)
@@ -346,17 +349,20 @@ def _run_columns(
     use_keep = padding_side == "left" and accepts_logits_to_keep(model)
     pad = pad_token_id(tokenizer)
     bos = tokenizer.bos_token_id
-    n_batches = -(-n // batch_size)
-    with or_null(progress)(f"eval {name}", n_batches * len(columns)) as advance:
-        for batch in iter_batches(encoded, batch_size, pad, padding_side=padding_side):
+    batcher = batch_size if isinstance(batch_size, Batcher) else Batcher(batch_size, device_type=device.type)
+    with or_null(progress)(f"eval {name}", n * len(columns)) as advance:
+
+        def step(batch: Batch) -> None:
             rows = batch.index
             batch = batch.to(device)
             keep = max(encoded[i].response_len for i in rows) + 1
             last = (batch.pad_left + batch.prompt_len - 1).to(device)
-            cand_batches = _candidate_batches(encoded, rows, mode, batch_size, pad, padding_side, max_length, bos)
+            cand_batches = _candidate_batches(encoded, rows, mode, batcher, pad, padding_side, max_length, bos)
             if mode == MODE_SINGLE:
                 cand_ids, cand_mask = _single_candidate_ids(encoded, rows, width_c, device)
             keep_p: dict[str, torch.Tensor] = {}
+            sequences = dict.fromkeys(ids, 0)
+            seconds = dict.fromkeys(ids, 0.0)
             for a, role in columns:
                 _sync(device)
                 t = time.perf_counter()
@@ -377,7 +383,7 @@ def _run_columns(
                             sums = ctok.double().sum(-1).cpu().numpy()
                             for (rec, cand), value in zip(pairs, sums):
                                 sp.cand_logp[a][rec, cand] = value
-                            sp.sequences[a] += len(pairs)
+                            sequences[a] += len(pairs)
                     else:
                         sp.top1[a][rows] = at_last.argmax(-1).cpu().numpy()
                         if not keep_p:
@@ -389,9 +395,16 @@ def _run_columns(
                             if "reference" in keep_p:
                                 sp.kl_reference[a][rows] = _vocab_kl(keep_p["reference"], logp, mask).cpu().numpy()
                 _sync(device)
-                sp.forward_s[a] += time.perf_counter() - t
-                sp.sequences[a] += len(rows)
-                advance(1)
+                seconds[a] += time.perf_counter() - t
+                sequences[a] += len(rows)
+            for a in ids:  # the batch completed: count it (once)
+                sp.forward_s[a] += seconds[a]
+                sp.sequences[a] += sequences[a]
+            advance(len(rows) * len(columns))
+
+        batcher.run(encoded, step, pad_id=pad, padding_side=padding_side)
+    if batcher.ranks.active:
+        _merge_ranks(sp, batcher.assigned(encoded), batcher.ranks)
     for a in ids:
         bad = ~np.isfinite(sp.nll[a])
         if mode != MODE_VOCAB:
@@ -404,6 +417,20 @@ def _run_columns(
                 "check the adapter's weights and --dtype"
             )
     return sp, encode_s
+
+
+def _merge_ranks(sp: SetPass, mine: Sequence[int], ranks) -> None:
+    """Under a launcher, give every rank the whole set's arrays: each row comes from the one rank
+    that ran it (the others contribute an exact 0), counters and seconds are summed."""
+    own = np.zeros(sp.n, dtype=bool)
+    own[list(mine)] = True
+    for arrays in (sp.nll, sp.cand_logp, sp.kl_original, sp.kl_reference, sp.top1):
+        for a, values in arrays.items():
+            keep = own.reshape((-1,) + (1,) * (values.ndim - 1))
+            arrays[a] = ranks.sum_array(np.where(keep, values, np.zeros((), dtype=values.dtype)))
+    for a in sp.sequences:
+        sp.sequences[a] = int(ranks.sum_array(np.array([sp.sequences[a]], dtype=np.int64))[0])
+        sp.forward_s[a] = float(ranks.sum_array(np.array([sp.forward_s[a]], dtype=np.float64))[0])
 
 
 def _single_candidate_ids(
@@ -423,7 +450,7 @@ def _candidate_batches(
     encoded: Sequence[Encoded],
     rows: Sequence[int],
     mode: str,
-    batch_size: int,
+    batcher: Batcher,
     pad: int,
     padding_side: str,
     max_length: int,
@@ -447,9 +474,11 @@ def _candidate_batches(
             seqs.append(Encoded(input_ids=prompt + tuple(cand), prompt_len=len(prompt), truncated=0))
             pairs.append((i, j))
     out = []
-    order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k].input_ids))
-    for s in range(0, len(order), batch_size):
-        chunk = order[s : s + batch_size]
+    order = batcher.order(seqs)  # longest first; the batcher's current size and token budget
+    s = 0
+    while s < len(order):
+        chunk = batcher.take(seqs, order, s)
+        s += len(chunk)
         keep = max(seqs[k].response_len for k in chunk) + 1
         out.append(([pairs[k] for k in chunk], collate([seqs[k] for k in chunk], chunk, pad, padding_side), keep))
     return out
@@ -559,13 +588,14 @@ def evaluate(
     ks: Sequence[int] = M.DEFAULT_KS,
     bootstrap: int = 1000,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     max_length: int | None = None,
     template: str = "alpaca",
     padding_side: str = "left",
     device: str = "auto",
     dtype: str = "auto",
     progress: ProgressFactory | None = None,
+    max_batch_tokens: int | None = None,
 ) -> EvalResult:
     """Evaluate every adapter of ``adapters`` (from ``adapter_entries``) on the record sets.
 
@@ -573,7 +603,9 @@ def evaluate(
     loaded here (with ``device`` and ``dtype``; ``tokenizer`` None loads the model's own). The
     adapters are attached for the run and removed afterwards, so the caller gets its base model
     back unchanged. Record sets may be paths. ``bootstrap`` is the number of paired resamples
-    for the CIs (0: none). Raises InputError for bad K, adapters that do not fit the model, or
+    for the CIs (0: none). ``batch_size`` may be ``"auto"`` (halve on out-of-memory) and
+    ``max_batch_tokens`` bounds rows x longest row (``ucan_cli.runtime.batching``); ``settings``
+    records the size finally used. Raises InputError for bad K, adapters that do not fit the model, or
     empty sets; UcanRuntimeError when a model produces NaN. Example::
 
         entries = adapter_entries("./lora", ["./lora-forgot"], reference="./retrained")
@@ -601,6 +633,7 @@ def evaluate(
         raise InputError("evaluate() takes the plain base model; it attaches the adapters itself")
     check_against_base(adapters, model)
     run_device = model_device(model)
+    batcher = Batcher(batch_size, max_tokens=max_batch_tokens, device_type=run_device.type)
     if run_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run_device)
     formatter = PromptFormatter(template, tokenizer)
@@ -626,7 +659,7 @@ def evaluate(
         for name, (recs, _) in sets.items():
             sp, enc_s = _run_columns(
                 peft_model, tokenizer, name, recs, columns, formatter=formatter, max_length=length,
-                batch_size=batch_size, padding_side=padding_side, reference_kl=has_ref and name == "forget",
+                batch_size=batcher, padding_side=padding_side, reference_kl=has_ref and name == "forget",
                 progress=progress,
             )
             passes[name] = sp
@@ -669,7 +702,8 @@ def evaluate(
         )
         data[name] = info
     settings = {
-        "ks": list(ks), "bootstrap": bootstrap, "seed": seed, "batch_size": batch_size, "max_length": length,
+        "ks": list(ks), "bootstrap": bootstrap, "seed": seed, "batch_size": batcher.size, "batch": batcher.meta(),
+        "max_length": length,
         "template": template, "padding_side": padding_side, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": str(run_device),
     }

@@ -115,7 +115,7 @@ def attenuate(
     retain_max_samples: int | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     device: str = "auto",
     dtype: str = "auto",
     allow_overlap: bool = False,
@@ -129,6 +129,7 @@ def attenuate(
     progress: ProgressFactory | None = None,
     cache_dir: str | Path | None = None,
     load=None,
+    max_batch_tokens: int | None = None,
 ) -> AttenuateRun:
     """Attenuate the units of ``adapter`` that fire more on ``forget`` than on ``retain``
     (``method="ucan"``), spend the same budget on random units (``method="random"``), or train
@@ -311,6 +312,7 @@ def attenuate(
             max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
             batch_size=batch_size, device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress, cache_dir=cache_dir, load=load,
+            max_batch_tokens=max_batch_tokens,
         )
         stats, score_meta, statistics_from = run.stats, dict(run.meta), run.statistics_from
         warnings += [w for w in run.warnings if w.startswith("statistics cache")]
@@ -506,9 +508,12 @@ def _attenuate_model(
     from ucan_cli.methods.gradient.params import params_to_dict
     from ucan_cli.methods.ucan.params import MethodParams
 
+    from ucan_cli.runtime.batching import fixed_batch_size
+
     chosen, timings = common.chosen, common.timings
     clock = time.perf_counter()
     name = chosen.name
+    batch_size = fixed_batch_size(batch_size, device)  # training loops do not adapt: auto runs at its start size
     for flag, value in (("--scores", scores), ("--token-scope", token_scope), ("--halves", halves)):
         if value is not None:
             raise InputError(f"{flag}: not an option of --method {name} (it runs the model on the forget and retain sets)")

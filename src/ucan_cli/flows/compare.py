@@ -234,7 +234,7 @@ def compare(
     max_length: int | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     device: str = "auto",
     dtype: str = "auto",
     allow_overlap: bool = False,
@@ -246,6 +246,7 @@ def compare(
     progress: ProgressFactory | None = None,
     note=None,
     load=None,
+    max_batch_tokens: int | None = None,
 ) -> CompareRun:
     """Run ``methods`` on one adapter and request, evaluate them together, write the table.
 
@@ -304,6 +305,7 @@ def compare(
     load = LoadSpec.merge(load, device=device, dtype=dtype)  # one load spec for every pass of every row
     device, dtype = load.device, load.dtype
     common = dict(template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, load=load,
+                  max_batch_tokens=max_batch_tokens,
                   allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     say = note or (lambda line: None)
 
@@ -420,7 +422,7 @@ def compare(
         ev = evaluate(base, adapter, [tmp / r["adapter"] for r in evaluated], forget, retain, holdout, reference=ref_path,
                       bootstrap=0, template=template, max_length=max_length, max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
                       dtype=dtype, allow_overlap=allow_overlap, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                      progress=progress, load=load)
+                      progress=progress, load=load, max_batch_tokens=max_batch_tokens)
         eval_seconds = time.perf_counter() - t
         result = ev.result
         for row, adapter_id in zip(evaluated, result.unlearned_ids):

@@ -81,7 +81,7 @@ def evaluate(
     max_length: int | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     device: str = "auto",
     dtype: str = "auto",
     allow_overlap: bool = False,
@@ -90,6 +90,7 @@ def evaluate(
     progress: ProgressFactory | None = None,
     detail: Callable[[str], None] | None = None,
     load=None,
+    max_batch_tokens: int | None = None,
 ) -> EvalRun:
     """Evaluate unlearned adapters against the original on record files; optionally write the report.
 
@@ -110,6 +111,7 @@ def evaluate(
         template, max_length, batch_size, device, dtype, allow_overlap, allow_pickle,
         trust_remote_code, load: as for ``ucan_cli.flows.score.score``.
         progress: a progress factory for the forward passes.
+        max_batch_tokens: at most this many padded tokens per batch (``runtime.batching``).
         detail: called with notes worth a verbose line (model loading time).
 
     Raises:
@@ -122,10 +124,14 @@ def evaluate(
     from ucan_cli.io.data import check_disjoint, read_records
     from ucan_cli.io.outdir import atomic_output_dir, check_output_dir
     from ucan_cli.io.receipts import key_path
+    from ucan_cli.runtime.batching import check_max_batch_tokens, parse_batch_size
+    from ucan_cli.runtime.distributed import current as current_ranks
     from ucan_cli.runtime.models import load_base_model, load_tokenizer, model_skeleton, resolve_device, resolve_dtype
 
     # ---------------------------------------------------------------- checks (no model yet)
     ks = list(check_settings(ks, bootstrap))
+    parse_batch_size(batch_size)
+    check_max_batch_tokens(max_batch_tokens)
     gates = parse_gates(fail_if, ks=ks, have_reference=reference is not None, have_holdout=holdout is not None)
     if per_record and out_dir is None:
         raise InputError("--per-record writes records.jsonl into the report directory; give -o")
@@ -162,7 +168,7 @@ def evaluate(
     result = run_evaluation(
         model, tokenizer, entries, sets["forget"], sets["retain"], sets.get("holdout"),
         ks=ks, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_length=max_length,
-        template=template, progress=progress,
+        template=template, progress=progress, max_batch_tokens=max_batch_tokens,
     )
     if load.places_itself:  # the figures are those of a quantized or device-mapped base
         result.settings["load"] = load.describe()
@@ -176,7 +182,7 @@ def evaluate(
         per_record_file=RECORDS_JSONL if per_record else None, extra_stages={"load_model_s": load_s},
     )
     run = EvalRun(result, document, outcomes, failure_summary(outcomes), timings={"load_model_s": load_s})
-    if out_dir is None:
+    if out_dir is None or not current_ranks().main:  # under torchrun only rank 0 writes
         return run
     with atomic_output_dir(out_dir, force=force, protected=protected) as tmp:
         (tmp / REPORT_JSON).write_text(document_json(document), encoding="utf-8")

@@ -29,6 +29,9 @@ from ucan_cli.runtime.load import LoadSpec
 from ucan_cli.methods.ucan.params import TOKEN_SCOPES, MethodParams, params_to_dict
 from ucan_cli.methods.ucan.scoring import ScoreResult, compute_scores
 from ucan_cli.methods.ucan.verdict import contrast_overview
+from ucan_cli.runtime.batching import Batcher, check_max_batch_tokens, fixed_batch_size, parse_batch_size
+from ucan_cli.runtime.distributed import current as current_ranks
+
 
 @dataclass
 class ScoreRun:
@@ -63,7 +66,7 @@ class ScorePlan:
     meta: dict
     counts: dict
     probe: dict
-    estimate_s: float
+    estimate_s: float | None  # None for a base without weights (no probe)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -96,8 +99,7 @@ def _check_options(params, token_scope, batch_size, max_length, max_samples, ret
     params.validate()
     if token_scope not in TOKEN_SCOPES:
         raise InputError(f"--token-scope must be one of {', '.join(TOKEN_SCOPES)}, got {token_scope!r}")
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be positive, got {batch_size}")
+    parse_batch_size(batch_size)
     if max_length is not None and max_length < 2:
         raise InputError(f"--max-length must be at least 2, got {max_length}")
     if max_samples is not None and max_samples < 1:
@@ -290,7 +292,7 @@ def _pad_id(tokenizer) -> int:
 
 def _collect(model, prep: Prepared, forget_encoded, retain_encoded, halves, params, scope, batch_size, progress):
     """Step 1 for the run's unit kind: per-unit activation statistics, or (direction units) the
-    second moments of each module's input."""
+    second moments of each module's input. ``batch_size``: rows, ``"auto"`` or a ``Batcher``."""
     if params.unit == "direction":
         from ucan_cli.methods.ucan.moments import collect_moments
 
@@ -340,7 +342,7 @@ def score(
     retain_max_samples: int | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     device: str = "auto",
     dtype: str = "auto",
     allow_overlap: bool = False,
@@ -350,6 +352,7 @@ def score(
     progress: ProgressFactory | None = None,
     cache_dir: str | Path | None = None,
     load=None,
+    max_batch_tokens: int | None = None,
 ) -> ScoreRun:
     """U-CAN steps 1-5: statistics on D_f and D_r, then risk, utility, fusion, budget, factors.
 
@@ -367,7 +370,8 @@ def score(
         retain_max_samples: at most this many retain records (a seeded sample).
         max_samples: at most this many records per set (a seeded sample).
         seed: seeds the samples and the split of D_r into halves.
-        batch_size, device, dtype: how the passes run.
+        batch_size, device, dtype: how the passes run; ``batch_size="auto"`` halves on
+            out-of-memory (``ucan_cli.runtime.batching``); ``meta["batch"]`` records the size used.
         allow_overlap: allow the same id / user_id in both sets.
         receipt_key: the HMAC key file for the forget receipt (default: the user config dir).
         allow_pickle, trust_remote_code: model loading permissions.
@@ -378,6 +382,10 @@ def score(
         load: a ``runtime.load.LoadSpec`` (device, dtype, ``--device-map``, ``--load-in-4bit`` /
             ``--load-in-8bit``) instead of ``device`` and ``dtype``; a quantized or device-mapped
             load is part of the cache key and recorded in ``meta["load"]``.
+        max_batch_tokens: at most this many padded tokens (rows x longest row) per batch.
+
+    Under a launcher (torchrun; ``runtime.distributed``) every rank runs its share of the batches
+    and ends with the sums of all of them: the statistics (and the result) of the one-process run.
 
     Returns a ``ScoreRun``. When no unit is eligible, ``result`` is None and ``nothing_to_do``
     holds the reason; the statistics are still there (and worth saving).
@@ -386,6 +394,7 @@ def score(
     ``UcanRuntimeError`` for failures while computing.
     """
     t0 = time.perf_counter()
+    check_max_batch_tokens(max_batch_tokens)
     prep = prepare(
         base, adapter, forget, retain, params=params, token_scope=token_scope, halves=halves, template=template,
         max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
@@ -393,17 +402,24 @@ def score(
         trust_remote_code=trust_remote_code,
     )
     load = LoadSpec.merge(load, device=device, dtype=dtype)
+    ranks = current_ranks()
     stats, cache, key, document = None, None, None, None
     if cache_dir is not None and params.unit != "direction":  # direction moments are not cached (yet)
-        stats, cache, key, document = _cached_statistics(prep, cache_dir, template=template, load=load, batch_size=batch_size)
+        stats, cache, key, document = _cached_statistics(prep, cache_dir, template=template, load=load, batch_size=batch_size,
+                                                         max_batch_tokens=max_batch_tokens)
+        if not ranks.all_true(stats is not None):  # every rank runs the passes, or none
+            stats = None
     statistics_from = "cache" if stats is not None else "forward pass"
     if stats is None:
         with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, load=load) as model:
             t1 = time.perf_counter()
-            stats = _collect(model, prep, prep.forget_encoded, prep.retain_encoded, prep.halves, params, token_scope, batch_size, progress)
+            batcher = Batcher(batch_size, max_tokens=max_batch_tokens, device_type=prep.meta["device_type"], ranks=ranks)
+            stats = _collect(model, prep, prep.forget_encoded, prep.retain_encoded, prep.halves, params, token_scope, batcher, progress)
+            prep.meta["batch"] = batcher.meta()
             prep.timings["passes_s"] = time.perf_counter() - t1
-        if cache is not None:
-            entry = {"dtype": prep.meta["dtype"], "device_type": prep.meta["device_type"], "cache_document": document}
+        if cache is not None and ranks.main:
+            entry = {"dtype": prep.meta["dtype"], "device_type": prep.meta["device_type"], "batch": prep.meta["batch"],
+                     "cache_document": document}
             prep.warnings.extend(w for w in [cache.store(key, stats, entry)] if w)
     t2 = time.perf_counter()
     result: ScoreResult | None = None
@@ -434,7 +450,7 @@ def score(
     )
 
 
-def _cached_statistics(prep: Prepared, cache_dir, *, template, load, batch_size):
+def _cached_statistics(prep: Prepared, cache_dir, *, template, load, batch_size, max_batch_tokens=None):
     """Look this run's statistics up in the cache: ``(statistics or None, cache, key, key
     document)``; cache and key are None when the base cannot be identified (a warning says so).
     On a hit, the dtype and device the statistics were computed with go into ``prep.meta``."""
@@ -457,6 +473,7 @@ def _cached_statistics(prep: Prepared, cache_dir, *, template, load, batch_size)
         "options": {
             **{k: meta[k] for k in ("unit", "scope", "halves", "max_length", "max_samples", "retain_max_samples", "seed", "allow_overlap")},
             "device": str(resolved), "dtype": str(resolve_dtype(load.dtype, resolved)), "batch_size": batch_size,
+            **({"max_batch_tokens": max_batch_tokens} if max_batch_tokens is not None else {}),
             # a quantized or device-mapped base computes other activations: its own entries
             **({"load": load.describe()} if load.places_itself else {}),
         },
@@ -469,6 +486,8 @@ def _cached_statistics(prep: Prepared, cache_dir, *, template, load, batch_size)
         prep.warnings.append(warning)
     if stats is not None:
         meta["dtype"], meta["device_type"] = entry.get("dtype"), entry.get("device_type")
+        if entry.get("batch") is not None:  # how the passes that made them were batched
+            meta["batch"] = entry["batch"]
         if load.places_itself:
             meta["load"] = load.describe()
         prep.timings["passes_s"] = 0.0
@@ -512,7 +531,7 @@ def score_dry_run(
     retain_max_samples: int | None = None,
     max_samples: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     device: str = "auto",
     dtype: str = "auto",
     allow_overlap: bool = False,
@@ -532,26 +551,39 @@ def score_dry_run(
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
+    from ucan_cli.runtime.models import has_weights
+
+    batch_size = fixed_batch_size(batch_size, device)  # auto: the probe times its start size
     everything = prep.forget_encoded + prep.retain_encoded
     longest = sorted(range(len(everything)), key=lambda i: -len(everything[i].input_ids))[:batch_size]
     probe = [everything[i] for i in longest]
-    with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, load=load) as model:
-        seconds = 0.0
-        for _ in range(2):  # the first call includes one-off warm-up; time a second one when cheap
-            t = time.perf_counter()
-            _collect(model, prep, probe, [], ([], []), params, token_scope, batch_size, None)
-            seconds = time.perf_counter() - t
-            if seconds > 1.0:
-                break
     probe_positions = _padded_tokens(probe, batch_size)
     total_positions = _padded_tokens(prep.forget_encoded, batch_size) + _padded_tokens(prep.retain_encoded, batch_size)
-    estimate = seconds / probe_positions * total_positions if probe_positions else 0.0
+    seconds = estimate = None
+    if prep.user_model or has_weights(prep.base_spec):
+        with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, load=load) as model:
+            for _ in range(2):  # the first call includes one-off warm-up; time a second one when cheap
+                t = time.perf_counter()
+                _collect(model, prep, probe, [], ([], []), params, token_scope, batch_size, None)
+                seconds = time.perf_counter() - t
+                if seconds > 1.0:
+                    break
+        estimate = seconds / probe_positions * total_positions if probe_positions else 0.0
+    else:  # a config without weights (a 7B shape on a laptop): the memory estimate, no probe
+        from ucan_cli.runtime.models import resolve_device, resolve_dtype
+
+        spec = LoadSpec.merge(load, device=device, dtype=dtype)
+        prep.meta["device_type"] = resolve_device(spec.device).type
+        prep.meta["dtype"] = str(resolve_dtype(spec.dtype, resolve_device(spec.device))).replace("torch.", "")
+        prep.warnings.append(f"{prep.base_spec} has a config but no weights: memory estimated from its shapes; "
+                             "no probe batch, so no time estimate")
     memory = None
     if params.unit == "direction":  # d_in^2 float64 per module and set; more groups, more passes
         from ucan_cli.methods.ucan.moments import memory_estimate
 
         memory = memory_estimate(prep.adapter, params.max_memory)
-        estimate *= memory["groups"]
+        if estimate is not None:
+            estimate *= memory["groups"]
     counts = {
         "n_forget": prep.meta["n_forget"],
         "n_retain": prep.meta["n_retain"],

@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,9 +50,25 @@ def load_or_create_key(path: str | Path | None = None) -> bytes:
         raise InputError(f"{path}: receipt key file not found")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_hex(KEY_BYTES).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process (a torchrun rank, a parallel job) created it first: use its key
+        return _read_fresh_key(path)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key + b"\n")
+    return key
+
+
+def _read_fresh_key(path: Path, wait_s: float = 5.0) -> bytes:
+    """The key another process has just created at ``path`` (it may still be writing it)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        key = path.read_bytes().strip()
+        if len(key) >= 16 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if len(key) < 16:
+        raise InputError(f"{path}: receipt key is shorter than 16 bytes")
     return key
 
 

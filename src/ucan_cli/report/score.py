@@ -114,6 +114,7 @@ def _inputs(meta: dict[str, Any]) -> dict[str, Any]:
         "template": meta["template"],
         "dtype": meta.get("dtype"),
         "device_type": meta.get("device_type"),
+        "batch": meta.get("batch"),
         **({"load": meta["load"]} if "load" in meta else {}),  # a quantized or device-mapped base
     }
 
@@ -333,7 +334,10 @@ def render_dry_run(ui, doc: dict[str, Any]) -> None:
     t.add_row("units (modules)", f"{fmt(c['units'])} {doc['method']['unit']} ({fmt(c['modules'])})")
     t.add_row("batches, computed positions", f"{fmt(c['batches'])}, {fmt(c['positions'])}")
     p = doc["probe"]
-    t.add_row("probe batch", f"{fmt(p['records'])} records, {fmt(p['positions'])} positions, {fmt(p['seconds'])} s")
+    if p["seconds"] is None:
+        t.add_row("probe batch", f"none (the base has no weights): {fmt(p['records'])} records, {fmt(p['positions'])} positions")
+    else:
+        t.add_row("probe batch", f"{fmt(p['records'])} records, {fmt(p['positions'])} positions, {fmt(p['seconds'])} s")
     if "memory" in c:  # direction units: d_in^2 float64 per module and set
         mem = c["memory"]
         t.add_row(
@@ -347,5 +351,5 @@ def render_dry_run(ui, doc: dict[str, Any]) -> None:
             "device memory, estimated",
             " + ".join(f"{_gib(f[k])} {k}" for k in ("weights", "adapter", "activations", "statistics")) + f" = {_gib(f['total'])}",
         )
-    t.add_row("estimated time of both passes", f"{fmt(doc['estimate_s'])} s")
+    t.add_row("estimated time of both passes", "unknown without weights" if doc["estimate_s"] is None else f"{fmt(doc['estimate_s'])} s")
     ui.table(t)

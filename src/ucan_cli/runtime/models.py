@@ -268,6 +268,19 @@ def attach_adapter(model, adapter_dir: str | Path, *, adapter_name: str = "defau
     return peft_model
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
+
+
+def has_weights(spec: str) -> bool:
+    """False for a local model directory that holds a config but no weight file (a shape-only
+    base: ``score --dry-run`` estimates its memory without loading it); True otherwise (a hub id
+    is assumed to have weights)."""
+    source = resolve_source(spec)
+    if source.local_dir is None or source.gguf_file:
+        return True
+    return any(p.is_file() and p.name.endswith(WEIGHT_SUFFIXES) for p in source.local_dir.iterdir())
+
+
 def model_skeleton(spec: str, *, trust_remote_code: bool = False):
     """The base model's module tree on the meta device: shapes without loading any weights.
 

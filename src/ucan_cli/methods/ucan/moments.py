@@ -30,6 +30,7 @@ from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.tokenize import Encoded
 from ucan_cli.methods.ucan.statistics import run_passes
 from ucan_cli.progress import ProgressFactory, or_null
+from ucan_cli.runtime.batching import Batcher
 from ucan_cli.runtime.models import model_device
 
 SET_NAMES = ("forget", "retain", "half_a", "half_b")
@@ -139,6 +140,7 @@ class _MomentAccumulator:
         self.calls = [0] * len(widths)
         self.flat_idx = self.token_weights = None
         self.positions = 0
+        self.pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def send(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device)
@@ -150,8 +152,7 @@ class _MomentAccumulator:
         flat_idx = mask.reshape(-1).nonzero().squeeze(1)
         counts = mask.sum(dim=1).to(torch.float64)
         groups = groups * (counts > 0).to(torch.float64)[None, :]
-        self.tokens += (groups @ counts).numpy()
-        self.n_records += groups.sum(dim=1).numpy()
+        self.pending = ((groups @ counts).numpy(), groups.sum(dim=1).numpy())  # committed by reduce
         self.flat_idx = flat_idx.to(self.device)
         self.token_weights = groups[:, flat_idx // width].to(self.device)  # (G, n_tok)
         self.x = [None] * len(self.x)
@@ -165,13 +166,51 @@ class _MomentAccumulator:
         return keep
 
     def reduce(self) -> None:
+        """Fold the batch into the sums, one module and group at a time (one d_in x d_in product
+        alive at once: staging a whole batch's updates would double the moments' memory). So an
+        out-of-memory after the first addition cannot be retried without counting the batch twice
+        where it was already added, and becomes a plain error (``--batch-size auto`` does not halve
+        on it); one before it is retried like any other."""
         for i, x in enumerate(self.x):
             if x is None or x.numel() != self.positions * x.shape[-1]:
                 raise UcanRuntimeError(f"LoRA module #{i} saw an input that does not match the batch's positions")
-            xs = x.reshape(self.positions, -1).index_select(0, self.flat_idx).to(torch.float64)
-            for g in range(self.sums[i].shape[0]):
-                self.sums[i][g] += xs.T @ (xs * self.token_weights[g][:, None])
+        touched = None
+        try:
+            for i, x in enumerate(self.x):
+                xs = x.reshape(self.positions, -1).index_select(0, self.flat_idx).to(torch.float64)
+                for g in range(self.sums[i].shape[0]):
+                    self.sums[i][g] += self._update(xs, self.token_weights[g])
+                    touched = i
+        except Exception as exc:
+            if touched is None:
+                raise  # nothing committed: an out-of-memory here is retried with a smaller batch
+            raise UcanRuntimeError(
+                f"memory ran short while adding a batch to the second moments (LoRA module #{touched} had taken it), "
+                "so the batch cannot be retried: lower --max-memory (fewer modules per pass) or --batch-size"
+            ) from exc
+        tokens, records = self.pending
+        self.tokens += tokens
+        self.n_records += records
+        self.pending = None
         self.x = [None] * len(self.x)
+
+    @staticmethod
+    def _update(xs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """X^T diag(w) X over the batch's scoped tokens (float64, d_in x d_in)."""
+        return xs.T @ (xs * weights[:, None])
+
+    def drop_batch(self) -> None:
+        """Forget the current batch (its inputs and staged counts), committed or not."""
+        self.x = [None] * len(self.x)
+        self.pending = None
+
+    def merge_ranks(self, ranks) -> None:
+        """Sum the moments and counts over the ranks of a launcher (``runtime.distributed``)."""
+        if ranks.active:
+            for sums in self.sums:
+                ranks.sum_(sums)
+            self.tokens = ranks.sum_array(self.tokens)
+            self.n_records = ranks.sum_array(self.n_records)
 
 
 def _stream(model, layers, adapter_name, encoded, groups, *, widths, progress, description, **batching):
@@ -189,7 +228,7 @@ def collect_moments(
     *,
     halves: tuple[Sequence[int], Sequence[int]],
     scope: str = "response",
-    batch_size: int = 16,
+    batch_size=16,
     pad_id: int = 0,
     padding_side: str = "left",
     max_memory: float = 4.0,
@@ -197,7 +236,8 @@ def collect_moments(
     progress: ProgressFactory | None = None,
 ) -> MomentStatistics:
     """Stream the second moments of D_f and of D_r with its halves, a group of modules at a time
-    (``plan_groups``); arguments as ``ucan_cli.methods.ucan.statistics.collect_statistics``."""
+    (``plan_groups``); arguments as ``ucan_cli.methods.ucan.statistics.collect_statistics``
+    (``batch_size``: rows, ``"auto"`` or a ``runtime.batching.Batcher``)."""
     from ucan_cli.methods.ucan.statistics import find_lora_layers
 
     n_retain = len(retain_encoded)
@@ -211,6 +251,7 @@ def collect_moments(
     retain_groups[1, idx_a] = True
     retain_groups[2, idx_b] = True
     progress = or_null(progress)
+    batcher = batch_size if isinstance(batch_size, Batcher) else Batcher(batch_size, device_type=model_device(model).type)
     sums = {name: [None] * len(adapter.modules) for name in SET_NAMES}
     counts: dict[str, tuple[float, int]] = {}
     was_training = model.training
@@ -220,7 +261,7 @@ def collect_moments(
             for g, members in enumerate(groups):
                 part = f" (modules {g + 1}/{len(groups)})" if len(groups) > 1 else ""
                 common = dict(
-                    widths=[adapter.modules[i].d_in for i in members], scope=scope, batch_size=batch_size,
+                    widths=[adapter.modules[i].d_in for i in members], scope=scope, batcher=batcher,
                     pad_id=pad_id, padding_side=padding_side, progress=progress,
                 )
                 chosen = [layers[i] for i in members]

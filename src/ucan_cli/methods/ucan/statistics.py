@@ -28,10 +28,11 @@ import torch
 
 from ucan_cli.errors import UcanRuntimeError
 from ucan_cli.io.adapter import LoraAdapter
-from ucan_cli.io.tokenize import Encoded, iter_batches
+from ucan_cli.io.tokenize import Encoded
 from ucan_cli.progress import ProgressFactory, or_null
 from ucan_cli.methods.ucan.params import TOKEN_SCOPES, UNITS
 from ucan_cli.methods.ucan.scoring import SetStats
+from ucan_cli.runtime.batching import Batcher
 from ucan_cli.runtime.models import accepts_logits_to_keep, model_device
 
 SET_NAMES = ("forget", "retain", "half_a", "half_b")
@@ -232,6 +233,7 @@ class _Accumulator:
         self.flat_idx = self.onehot = self.inv_counts = self.groups = self.mask = None
         self.shape: tuple[int, int] = (0, 0)
         self.n_tok = 0
+        self.pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def send(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -246,8 +248,7 @@ class _Accumulator:
         onehot = (torch.arange(rows)[:, None] == (flat_idx // width)[None, :]).to(torch.float64)
         counts = mask.sum(dim=1).to(torch.float64)
         groups = groups * (counts > 0).to(torch.float64)[None, :]
-        self.tokens += (groups @ counts).numpy()
-        self.n_records += groups.sum(dim=1).numpy()
+        self.pending = ((groups @ counts).numpy(), groups.sum(dim=1).numpy())  # committed by reduce
         self.n_tok = int(flat_idx.numel())
         self.flat_idx = self.send(flat_idx)
         self.onehot = self.send(onehot)
@@ -310,9 +311,16 @@ class _Accumulator:
         return torch.cat(parts, dim=1)
 
     def reduce(self, blocks: list[_Block]) -> None:
-        """Fold the kept lora_A outputs of one batch into the sums, block by block."""
+        """Fold the kept lora_A outputs of one batch into the sums, block by block.
+
+        Every block's per-group sums are computed before any is added (and the token and record
+        counts of ``begin_batch`` are added last), so a batch that fails part-way (out of memory)
+        leaves the accumulator as it was and can be retried (``ucan_cli.runtime.batching``). Each
+        unit still gets one addition per batch, so the sums are the same bits as adding as we go.
+        """
         rows, width = self.shape
         sparse = self.n_tok <= DENSE_THRESHOLD * width
+        updates = []
         for block in blocks:
             z = self._kept(block)
             d = block.width
@@ -320,9 +328,26 @@ class _Accumulator:
             rec_mean = row_sums[..., :d] * self.inv_counts
             per_group = self.groups @ torch.cat([row_sums, rec_mean, rec_mean.square()], dim=2)  # (k, G, 4d)
             per_group = per_group.view(z.shape[0], -1, 4, d)
-            for j, offset in enumerate(block.offsets):
-                self.sums[:, :, offset : offset + d] += per_group[j]
+            updates += [(offset, d, per_group[j]) for j, offset in enumerate(block.offsets)]
+        for offset, d, part in updates:
+            self.sums[:, :, offset : offset + d] += part
+        tokens, records = self.pending
+        self.tokens += tokens
+        self.n_records += records
+        self.pending = None
         self.z = [None] * len(self.z)
+
+    def drop_batch(self) -> None:
+        """Forget the current batch (its activations and staged counts), committed or not."""
+        self.z = [None] * len(self.z)
+        self.pending = None
+
+    def merge_ranks(self, ranks) -> None:
+        """Sum the sums and counts over the ranks of a launcher (``runtime.distributed``)."""
+        if ranks.active:
+            ranks.sum_(self.sums)
+            self.tokens = ranks.sum_array(self.tokens)
+            self.n_records = ranks.sum_array(self.n_records)
 
     def set_stats(self, g: int) -> SetStats:
         sums = self.sums[g].cpu().numpy()
@@ -347,30 +372,38 @@ def _stream(
     blocks: list[_Block],
     n_units: int,
     scope: str,
-    batch_size: int,
+    batcher: Batcher,
     pad_id: int,
     padding_side: str,
     progress: ProgressFactory,
     description: str,
 ) -> _Accumulator:
-    """One pass over ``encoded``; ``groups`` (G, n_records) bool says which group each record is in."""
+    """One pass over ``encoded``; ``groups`` (G, n_records) bool says which group each record is in.
+    ``batcher`` cuts the batches and retries one that runs out of memory (``runtime.batching``)."""
     acc = _Accumulator(groups.shape[0], n_units, len(layers), model_device(model))
     hooks = [(layer.lora_A[adapter_name], acc.hook(i)) for i, layer in enumerate(layers)]
     run_passes(
-        model, acc, hooks, encoded, groups, scope=scope, batch_size=batch_size, pad_id=pad_id, padding_side=padding_side,
+        model, acc, hooks, encoded, groups, scope=scope, batcher=batcher, pad_id=pad_id, padding_side=padding_side,
         progress=progress, description=description, reduce=lambda: acc.reduce(blocks),
     )
     return acc
 
 
 def run_passes(
-    model, acc, hooks, encoded, groups: np.ndarray, *, scope: str, batch_size: int, pad_id: int, padding_side: str,
+    model, acc, hooks, encoded, groups: np.ndarray, *, scope: str, batcher: Batcher, pad_id: int, padding_side: str,
     progress: ProgressFactory, description: str, reduce, pre_hooks: bool = False,
 ) -> None:
     """One pass over ``encoded`` with ``hooks`` ((module, hook) pairs: forward hooks, or forward
     pre-hooks with ``pre_hooks``) registered: per batch ``acc.begin_batch(scope mask, groups)``,
     the forward pass, a check that every hooked module ran exactly once (``acc.calls``), then
-    ``reduce()``. Shared by the activation statistics and the second moments (``moments.py``)."""
+    ``reduce()``. Shared by the activation statistics and the second moments (``moments.py``).
+
+    ``batcher`` (``runtime.batching``) cuts the batches, retries one that runs out of memory and,
+    under a launcher, runs only this rank's share; ``acc.merge_ranks(ranks)`` then sums the ranks'
+    accumulators. So ``reduce`` must commit nothing before it can no longer fail (a retried batch
+    would count twice): ``acc.begin_batch`` only stages the batch's token and record counts and
+    ``reduce`` adds everything at its end (or, for sums too large to stage, refuses the retry).
+    """
     if not encoded:
         return
     register = "register_forward_pre_hook" if pre_hooks else "register_forward_hook"
@@ -380,21 +413,28 @@ def run_passes(
         extra["logits_to_keep"] = 1
     groups_t = torch.as_tensor(groups, dtype=torch.float64)
     try:
-        with progress(description, len(encoded)) as advance:
-            for batch in iter_batches(encoded, batch_size, pad_id, padding_side=padding_side):
+        with progress(description, len(batcher.assigned(encoded))) as advance:
+
+            def step(batch) -> None:  # commits nothing unless it returns: a batch can be retried
                 acc.begin_batch(batch.scope_mask(scope), groups_t[:, batch.index])
-                model(**{k: acc.send(v) for k, v in batch.model_inputs().items()}, **extra)
-                bad = next((i for i, c in enumerate(acc.calls) if c != 1), None)
-                if bad is not None:
-                    raise UcanRuntimeError(
-                        f"LoRA module #{bad} ran {acc.calls[bad]} times in one forward pass; ucan needs each "
-                        "adapted module to run exactly once (is the adapter merged or disabled?)"
-                    )
-                reduce()
+                try:
+                    model(**{k: acc.send(v) for k, v in batch.model_inputs().items()}, **extra)
+                    bad = next((i for i, c in enumerate(acc.calls) if c != 1), None)
+                    if bad is not None:
+                        raise UcanRuntimeError(
+                            f"LoRA module #{bad} ran {acc.calls[bad]} times in one forward pass; ucan needs each "
+                            "adapted module to run exactly once (is the adapter merged or disabled?)"
+                        )
+                    reduce()
+                finally:
+                    acc.drop_batch()  # this batch's activations, failed or not
                 advance(len(batch.index))
+
+            batcher.run(encoded, step, pad_id=pad_id, padding_side=padding_side)
     finally:
         for handle in handles:
             handle.remove()
+    acc.merge_ranks(batcher.ranks)
 
 
 def collect_statistics(
@@ -406,7 +446,7 @@ def collect_statistics(
     halves: tuple[Sequence[int], Sequence[int]],
     unit: str = "output",
     scope: str = "response",
-    batch_size: int = 16,
+    batch_size: int | str | Batcher = 16,
     pad_id: int = 0,
     padding_side: str = "left",
     adapter_name: str = "default",
@@ -423,7 +463,9 @@ def collect_statistics(
             ``RecordSet.split_halves(seed)``.
         unit: ``output`` or ``rank``. scope: ``response``, ``last`` or ``all``.
         batch_size, pad_id, padding_side: batching (results do not depend on them beyond
-            floating-point rounding).
+            floating-point rounding). ``batch_size`` is rows per batch, ``"auto"``, or a
+            ``ucan_cli.runtime.batching.Batcher`` (also for a token budget; read its ``meta()``
+            afterwards for the size finally used).
         progress: a progress factory (one bar per pass).
     """
     if unit not in UNITS:
@@ -443,12 +485,13 @@ def collect_statistics(
     device = model_device(model)
     blocks, sizes = _blocks(adapter, unit, device)
     n_units = int(sum(sizes))
+    batcher = batch_size if isinstance(batch_size, Batcher) else Batcher(batch_size, device_type=device.type)
     retain_groups = np.zeros((3, n_retain), dtype=bool)
     retain_groups[0] = True
     retain_groups[1, idx_a] = True
     retain_groups[2, idx_b] = True
     common = dict(
-        blocks=blocks, n_units=n_units, scope=scope, batch_size=batch_size,
+        blocks=blocks, n_units=n_units, scope=scope, batcher=batcher,
         pad_id=pad_id, padding_side=padding_side, progress=progress,
     )
     was_training = model.training
