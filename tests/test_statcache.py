@@ -101,6 +101,24 @@ def test_a_hit_skips_the_model_and_gives_identical_bytes(world, monkeypatch):
     assert other.statistics_from == "cache" and other.result.params.ratio == 0.3
 
 
+def test_direction_moments_are_cached_too(world, monkeypatch):
+    """Direction units (SPEC 3b): a new --strength or --gate reuses the moments, no pass runs."""
+    import ucan_cli.methods.ucan.moments as moments
+    from ucan_cli.methods.ucan.params import MethodParams
+
+    direction = MethodParams(unit="direction", gate="none", strength=0.2)
+    plain = run(world, cache=False, params=direction)
+    first = run(world, params=direction)
+    assert first.statistics_from == "forward pass"
+    forbid_model(monkeypatch)
+    monkeypatch.setattr(moments, "collect_moments", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a pass ran")))
+    second = run(world, params=direction)
+    assert second.statistics_from == "cache" and file_bytes(second) == file_bytes(first) == file_bytes(plain)
+    stronger = run(world, params=MethodParams(unit="direction", gate="none", strength=0.5))
+    assert stronger.statistics_from == "cache" and stronger.meta["params"]["strength"] == 0.5
+    assert len(list(world["cache"].rglob("*.safetensors"))) == 1  # the moments do not depend on the edit's options
+
+
 def _flip_last_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01

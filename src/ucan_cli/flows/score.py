@@ -404,7 +404,7 @@ def score(
     load = LoadSpec.merge(load, device=device, dtype=dtype)
     ranks = current_ranks()
     stats, cache, key, document = None, None, None, None
-    if cache_dir is not None and params.unit != "direction":  # direction moments are not cached (yet)
+    if cache_dir is not None:
         stats, cache, key, document = _cached_statistics(prep, cache_dir, template=template, load=load, batch_size=batch_size,
                                                          max_batch_tokens=max_batch_tokens)
         if not ranks.all_true(stats is not None):  # every rank runs the passes, or none

@@ -4,7 +4,8 @@ A U-CAN run spends nearly all its time in the forward passes that collect the st
 (``collect_statistics``); everything after them (risk, utility, budget, factors, the edit) is
 cheap. ``ucan score`` and ``ucan attenuate`` (without ``--scores``) therefore look the
 statistics up here first, so re-running with new method parameters (``--ratio``, ``--tau``,
-``--lambda``, ...) never repeats a pass.
+``--lambda``, ...) never repeats a pass; direction units' entries hold their second moments,
+so a new ``--strength`` or ``--gate`` reuses them.
 
 The key is the SHA-256 of one canonical JSON document (``canonical_json``) holding everything
 the statistics depend on, and nothing they do not:
