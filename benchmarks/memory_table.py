@@ -1,7 +1,8 @@
 """The memory table of docs/scaling.md: ``runtime/footprint.py`` on Llama-2-7B, Llama-3-8B and
 Llama-2-13B configs (meta-device skeletons: no weights, no download), LoRA r=8 on q_proj and
 v_proj or r=16 on every linear layer, bf16 and 4-bit NF4, one batch of 16 x 512 positions,
-output and direction units (direction moments grouped under --max-memory 4 GiB).
+output and direction units (direction moments grouped under --max-memory 4 GiB), and the host
+memory of the direction units' solve.
 
     python benchmarks/memory_table.py           # the Markdown rows of docs/scaling.md
     python benchmarks/memory_table.py --quick   # Llama-2-7B, q,v only (CI smoke run)
@@ -72,7 +73,7 @@ def main() -> None:
             print(f"| {name} | {lora} | {gib(out16.weights)} / {gib(out4.weights)} | {gib(out16.activations)} | "
                   f"{units:,} units: {out16.statistics / 2**20:.0f} MiB | {gib(out16.total)} / {gib(out4.total)} | "
                   f"{gib(total_moments)} GiB in all; {grouping} | {gib(est['direction', None].total)} / "
-                  f"{gib(est['direction', '4bit'].total)} |")
+                  f"{gib(est['direction', '4bit'].total)} | {gib(est['direction', None].host)} |")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,49 @@ def test_activations_statistics_and_total_by_hand(skeleton):
     assert statistics_bytes(MODULES, unit="direction") == 4096
     assert statistics_bytes(MODULES, unit="direction", max_memory_gib=2048 / 2**30) == 2048  # one module a group
     f = footprint(skeleton, MODULES, unit="rank", dtype="bfloat16", quantize=None, rows=2, width=5)
-    assert f.as_dict() == {"weights": 1648, "adapter": 2 * 4 * 2 * 16, "activations": 1840, "statistics": 512,
-                           "total": 1648 + 256 + 1840 + 512}
+    assert f.as_dict() == {"weights": 1648, "adapter": 2 * 4 * 2 * 16, "activations": 1840, "statistics": 512, "host": 0,
+                           "total": 1648 + 256 + 1840 + 512, "total_cpu": 1648 + 256 + 1840 + 512}
+    # direction units' solve on the host: 2 modules of d_in 8: moments 2 x 2048, kept V and U 2 x 2 x 512,
+    # one module's work 12 x 512; a CPU run peaks at the larger of the passes and the solve
+    from ucan_cli.runtime.footprint import SOLVE_TRANSIENT, host_bytes
+
+    assert SOLVE_TRANSIENT == 12 and host_bytes(MODULES, unit="output") == 0
+    assert host_bytes(MODULES, unit="direction") == 4096 + 2048 + 6144 == 12288
+    f = footprint(skeleton, MODULES, unit="direction", dtype="bfloat16", quantize=None, rows=2, width=5)
+    assert (f.total, f.total_cpu) == (1648 + 256 + 1840 + 4096, 1648 + 256 + 12288)
+
+
+def test_the_solve_holds_what_host_bytes_says():
+    """SOLVE_TRANSIENT against tracemalloc: one module's solve (d_in 256) peaks at 14 d_in^2 float64
+    above its four moments and keeps 2 (V and U) for the edit."""
+    import tracemalloc
+
+    import numpy as np
+
+    from ucan_cli.methods.ucan.direction import select_directions
+    from ucan_cli.methods.ucan.moments import MomentStatistics, SetMoments
+    from ucan_cli.methods.ucan.params import MethodParams
+    from ucan_cli.runtime.footprint import SOLVE_TRANSIENT
+
+    d, rng = 256, np.random.default_rng(0)
+
+    def moments():
+        x = rng.standard_normal((1000, d))
+        return x.T @ x
+
+    sets = {n: SetMoments([moments()], 1000.0, 50) for n in ("forget", "retain", "half_a", "half_b")}
+    stats = MomentStatistics(scope="response", module_names=["m"], module_sizes=[d], **sets)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        result, _ = select_directions(stats, MethodParams(unit="direction", gate="none", strength=0.2))
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    square = d * d * 8
+    assert len(result.modules) == 1 and result.modules[0].solution.V.shape == (d, d)
+    assert abs((current - start) / square - 2) < 0.1  # V and U
+    assert (peak - start) / square <= SOLVE_TRANSIENT + 2 + 0.1
 
 
 def test_dry_run_prints_the_estimate(tmp_path, tiny_models, adapters):

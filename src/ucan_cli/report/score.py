@@ -351,5 +351,9 @@ def render_dry_run(ui, doc: dict[str, Any]) -> None:
             "device memory, estimated",
             " + ".join(f"{_gib(f[k])} {k}" for k in ("weights", "adapter", "activations", "statistics")) + f" = {_gib(f['total'])}",
         )
+        if f.get("host"):  # direction units: the solve runs on the host after the passes
+            t.add_row("host memory for the solve, estimated", f"{_gib(f['host'])} (moments, kept directions, one module's work)")
+        if doc.get("device_type") == "cpu":
+            t.add_row("peak memory of this CPU run, estimated", _gib(f["total_cpu"]))
     t.add_row("estimated time of both passes", "unknown without weights" if doc["estimate_s"] is None else f"{fmt(doc['estimate_s'])} s")
     ui.table(t)

@@ -24,6 +24,14 @@ the adapter's shapes:
   per module (r x d_out); direction units keep 4 x d_in^2 float64 per module for one group of
   modules at a time, at most ``--max-memory``.
 
+Direction units also need **host** memory after the passes, for the solve (``methods/ucan/
+direction.py``, NumPy on the CPU): every module's moments (4 x d_in^2 float64; they come back to
+the host group by group and stay for the score file), the V and U kept per module for the edit
+(2 x d_in^2), and while one module is solved ``SOLVE_TRANSIENT`` more d_in^2 float64 matrices of
+the widest module (measured with tracemalloc: 14 d_in^2 at the peak of one module's solve, 2 of
+which are the kept V and U). On a CPU run the device is the host: ``total_cpu`` is then the peak,
+the weights plus the larger of the passes (activations with the statistics) and the solve.
+
 The figures are estimates of what torch allocates (not what the CUDA caching allocator
 reserves, typically 5-15% more); docs/scaling.md says how far they were checked.
 """
@@ -38,6 +46,8 @@ QUANT_BYTES = {"4bit": 0.5 + 1 / 64 + 4 / (64 * 256), "8bit": 1.0}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 #: The statistics reduction's chunk (``methods/ucan/statistics.py:CHUNK_ELEMENTS``), float64, ~4 alive.
 REDUCE_BYTES = 4 * (1 << 22) * 8
+#: d_in^2 float64 matrices a direction solve holds for its widest module beyond the kept V and U.
+SOLVE_TRANSIENT = 12
 
 
 @dataclass(frozen=True)
@@ -48,13 +58,20 @@ class Footprint:
     adapter: int
     activations: int
     statistics: int
+    host: int = 0  # direction units: the solve's host memory (moments, kept V and U, one module's work)
 
     @property
     def total(self) -> int:
+        """Device memory during the passes."""
         return self.weights + self.adapter + self.activations + self.statistics
 
+    @property
+    def total_cpu(self) -> int:
+        """The peak of a run whose device is the CPU (device and host are one memory)."""
+        return self.weights + self.adapter + max(self.activations + self.statistics, self.host)
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "total": self.total}
+        return {**asdict(self), "total": self.total, "total_cpu": self.total_cpu}
 
 
 def weight_bytes(skeleton, *, dtype_bytes: int, quantize: str | None = None) -> int:
@@ -117,6 +134,16 @@ def statistics_bytes(adapter_modules, *, unit: str, max_memory_gib: float = 4.0)
     return sums
 
 
+def host_bytes(adapter_modules, *, unit: str) -> int:
+    """Direction units' host memory for the solve (see the module docstring); 0 for other units."""
+    if unit != "direction":
+        return 0
+    from ucan_cli.methods.ucan.moments import moment_bytes
+
+    squares = [int(m.d_in) ** 2 * 8 for m in adapter_modules]
+    return sum(moment_bytes(m.d_in) for m in adapter_modules) + 2 * sum(squares) + SOLVE_TRANSIENT * max(squares, default=0)
+
+
 def footprint(skeleton, adapter_modules, *, unit: str, dtype: str, quantize: str | None, rows: int, width: int,
               max_memory_gib: float = 4.0) -> Footprint:
     """The four parts for a base skeleton and the adapter's modules (objects with r, d_in, d_out)."""
@@ -126,7 +153,8 @@ def footprint(skeleton, adapter_modules, *, unit: str, dtype: str, quantize: str
         adapter=sum(4 * m.r * (m.d_in + m.d_out) for m in adapter_modules),
         activations=activation_bytes(skeleton.config, adapter_modules, rows=rows, width=width, dtype_bytes=dtype_bytes, unit=unit),
         statistics=statistics_bytes(adapter_modules, unit=unit, max_memory_gib=max_memory_gib),
+        host=host_bytes(adapter_modules, unit=unit),
     )
 
 
-__all__ = ["Footprint", "GIB", "activation_bytes", "footprint", "statistics_bytes", "weight_bytes"]
+__all__ = ["Footprint", "GIB", "activation_bytes", "footprint", "host_bytes", "statistics_bytes", "weight_bytes"]
