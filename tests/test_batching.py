@@ -7,9 +7,6 @@ of conftest with an out-of-memory forced inside the forward pass or the reductio
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -393,14 +390,14 @@ def test_config_file_takes_auto_and_ints(tiny_models, adapters, world, tmp_path)
             assert res.exit_code == 2 and "batch_size" in res.stderr
 
 
-def test_cli_score_batch_size_auto_subprocess(tiny_models, adapters, world, tmp_path):
+def test_cli_score_batch_size_auto(tiny_models, adapters, world, tmp_path):
+    """Through the CLI in-process (the parser, the flow, the JSON and the file; the torchrun test of
+    tests/test_distributed.py runs the real console entry point)."""
     out = tmp_path / "s.safetensors"
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "ucan_cli", "score", "--base", str(tiny_models["llama"]), "--adapter", str(adapters["llama"]),
-           "--forget", str(world["forget"]), "--retain", str(world["retain"]), "--receipt-key", str(world["key"]),
-           "-o", str(out), "--batch-size", "auto", "--max-batch-tokens", "4096", "--json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr
+    res = _invoke("--base", tiny_models["llama"], "--adapter", adapters["llama"], "--forget", world["forget"],
+                  "--retain", world["retain"], "--receipt-key", world["key"], "-o", out, "--batch-size", "auto",
+                  "--max-batch-tokens", "4096", "--json", "--no-cache")
+    assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["inputs"]["batch"] == {"requested": "auto", "used": 16, "halvings": 0, "max_batch_tokens": 4096}
     assert out.is_file()

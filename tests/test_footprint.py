@@ -90,6 +90,9 @@ def test_the_solve_holds_what_host_bytes_says():
 
     sets = {n: SetMoments([moments()], 1000.0, 50) for n in ("forget", "retain", "half_a", "half_b")}
     stats = MomentStatistics(scope="response", module_names=["m"], module_sizes=[d], **sets)
+    import gc
+
+    gc.collect()
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]

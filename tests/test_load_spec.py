@@ -8,17 +8,14 @@ the real CLI, and a device-mapped load for real (accelerate places a CPU-only mo
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import forget_retain_world
-from ucan_cli.errors import InputError, UcanRuntimeError
+from ucan_cli.errors import InputError
 from ucan_cli.runtime.load import LoadSpec
 
 SETS = ("forget", "retain", "half_a", "half_b")
@@ -98,22 +95,31 @@ def test_quantized_load_hands_transformers_a_bitsandbytes_config():
     assert kwargs["quantization_config"].load_in_8bit and kwargs["device_map"] == "auto"
 
 
-def test_cli_load_in_4bit_without_the_extra_exits_2_before_any_weight_loads(w):
+def test_cli_load_in_4bit_without_the_extra_exits_2_before_any_weight_loads(w, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("the machine has a GPU: the message under test is for machines without one")
-    base = [sys.executable, "-m", "ucan_cli", "score", "--base", str(w["base"]), "--adapter", str(w["adapter"]),
-            "--forget", str(w["forget"]), "--retain", str(w["retain"]), "--receipt-key", str(w["key"])]
-    out = w["root"] / "s.safetensors"
-    run = subprocess.run(base + ["-o", str(out), "--load-in-4bit"], capture_output=True, text=True)
     import importlib.util
 
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from ucan_cli.cli import app
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a weight loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    base = ["score", "--base", str(w["base"]), "--adapter", str(w["adapter"]), "--forget", str(w["forget"]),
+            "--retain", str(w["retain"]), "--receipt-key", str(w["key"])]
+    out = w["root"] / "s.safetensors"
+    run = CliRunner().invoke(app, base + ["-o", str(out), "--load-in-4bit"])
     expected = (r"needs bitsandbytes, which is not installed: pip install 'ucan-cli\[quant\]'"
                 if importlib.util.find_spec("bitsandbytes") is None else r"needs a CUDA GPU")
-    assert run.returncode == 2 and run.stdout == ""
+    assert run.exit_code == 2 and run.stdout == ""
     assert re.fullmatch(rf"error: --load-in-4bit {expected}.*\n", run.stderr), run.stderr
     assert not out.exists()
-    both = subprocess.run(base + ["-o", str(out), "--load-in-4bit", "--load-in-8bit"], capture_output=True, text=True)
-    assert both.returncode == 2 and both.stderr == "error: --load-in-4bit and --load-in-8bit exclude each other\n"
+    both = CliRunner().invoke(app, base + ["-o", str(out), "--load-in-4bit", "--load-in-8bit"])
+    assert both.exit_code == 2 and both.stderr == "error: --load-in-4bit and --load-in-8bit exclude each other\n"
 
 
 def test_device_map_load_is_placed_by_accelerate_and_gives_the_same_statistics(w, monkeypatch):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -133,7 +131,7 @@ def files(tmp_path):
 
 
 def test_cli_negate_without_base_writes_the_documents(tmp_path, adapters, files, monkeypatch):
-    """The console script: no --base, no --retain; exit 0, the standard directory, the config byte
+    """The CLI (in-process; no model or tokenizer may load): no --base, no --retain; exit 0, the standard directory, the config byte
     for byte, B negated, the report/ledger naming negate and its scale, the lineage's factors carried,
     the input untouched; the output loads with PEFT. No model loads (the in-process dry run proves it)."""
     from safetensors.torch import load_file
@@ -145,8 +143,12 @@ def test_cli_negate_without_base_writes_the_documents(tmp_path, adapters, files,
     out = tmp_path / "neg"
     argv = ["attenuate", "--method", "negate", "--adapter", str(src), "--forget", str(files["forget"]),
             "--receipt-key", str(files["key"]), "--scale", "0.5", "-o", str(out), "--json"]
-    proc = subprocess.run([sys.executable, "-m", "ucan_cli", *argv], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    import ucan_cli.runtime.models as models
+
+    monkeypatch.setattr(models, "load_base_model", lambda *a, **k: pytest.fail("negate loaded a model"))
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("negate loaded a tokenizer"))
+    proc = runner.invoke(app, argv)
+    assert proc.exit_code == 0, proc.output
     doc = json.loads(proc.stdout)
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md", "adapter_config.json", "adapter_model.safetensors", "ucan_config.toml", "ucan_ledger.jsonl",
@@ -174,10 +176,6 @@ def test_cli_negate_without_base_writes_the_documents(tmp_path, adapters, files,
     assert rerun.exit_code == 0, rerun.output
     assert (tmp_path / "rerun" / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
 
-    import ucan_cli.runtime.models as models
-
-    monkeypatch.setattr(models, "load_base_model", lambda *a, **k: pytest.fail("negate loaded a model"))
-    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: pytest.fail("negate loaded a tokenizer"))
     dry = runner.invoke(app, ["attenuate", "--method", "negate", "--adapter", str(src), "--forget", str(files["forget"]),
                               "--receipt-key", str(files["key"]), "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
