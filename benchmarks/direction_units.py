@@ -174,20 +174,22 @@ def world_path(spec: str, size: str) -> Path:
     return resolve_world(None, int(seed or 0), kind, size)
 
 
-def done_when(rows: dict[str, dict]) -> dict:
-    """Issue 11's criterion on the group worlds' mean (see the module docstring)."""
+def done_when(rows: dict[str, dict], edit: str = "direction") -> dict:
+    """Issue 11's criterion for ``edit`` on the group worlds' mean: at retain and holdout NDCG@10
+    >= 0.95 x the original's, its forget Recall@5 gap to the reference at most half of output
+    units', and its MIA AUC at most 0.15 above the reference's."""
     import numpy as np
 
     def mean(name, key):
         return float(np.mean([r["rows"][name][key] for r in rows.values()]))
 
     ref_r5, ref_mia = mean("reference", "forget.recall@5"), mean("reference", "privacy.mia_auc")
-    gap_dir = mean("direction", "forget.recall@5") - ref_r5
+    gap_dir = mean(edit, "forget.recall@5") - ref_r5
     gap_out = mean("output", "forget.recall@5") - ref_r5
-    retain_share = mean("direction", "retain.ndcg@10") / mean("original", "retain.ndcg@10")
-    holdout_share = mean("direction", "holdout.ndcg@10") / mean("original", "holdout.ndcg@10")
-    per_world = {w: (r["rows"]["direction"]["retain_share"], r["rows"]["direction"]["holdout_share"]) for w, r in rows.items()}
-    mia_excess = mean("direction", "privacy.mia_auc") - ref_mia
+    retain_share = mean(edit, "retain.ndcg@10") / mean("original", "retain.ndcg@10")
+    holdout_share = mean(edit, "holdout.ndcg@10") / mean("original", "holdout.ndcg@10")
+    per_world = {w: (r["rows"][edit]["retain_share"], r["rows"][edit]["holdout_share"]) for w, r in rows.items()}
+    mia_excess = mean(edit, "privacy.mia_auc") - ref_mia
     checks = {
         "utility (mean)": (retain_share >= SHARE and holdout_share >= SHARE,
                            f"retain NDCG@10 {retain_share:.3f} x, holdout {holdout_share:.3f} x the original's"),
@@ -196,7 +198,7 @@ def done_when(rows: dict[str, dict]) -> dict:
         "gap <= half of output units'": (abs(gap_dir) <= 0.5 * abs(gap_out),
                                          f"forget R@5 gap to the reference {gap_dir:+.3f} vs output {gap_out:+.3f} "
                                          f"(ratio {abs(gap_dir) / abs(gap_out) if gap_out else float('nan'):.2f})"),
-        "MIA <= reference + 0.15": (mia_excess <= 0.15, f"MIA AUC {mean('direction', 'privacy.mia_auc'):.3f} vs "
+        "MIA <= reference + 0.15": (mia_excess <= 0.15, f"MIA AUC {mean(edit, 'privacy.mia_auc'):.3f} vs "
                                     f"reference {ref_mia:.3f} ({mia_excess:+.3f})"),
     }
     return {name: {"met": bool(ok), "numbers": text} for name, (ok, text) in checks.items()}
@@ -211,8 +213,9 @@ def main(argv=None) -> int:
     parser.add_argument("--strength", type=float, default=None)
     parser.add_argument("--shrinkage", type=float, default=None)
     parser.add_argument("--worlds", nargs="+", default=["group:0", "group:1", "group:2", "random:0", "movielens:0"])
-    parser.add_argument("--gated", type=float, default=None,
-                        help="compare: also a gate-noise direction edit at this strength (the best gated configuration)")
+    parser.add_argument("--gated", type=float, nargs="*", default=[],
+                        help="compare: also gate-noise direction edits at these strengths (e.g. the code's default 1 "
+                        "and the best gated configuration)")
     parser.add_argument("--draws", type=int, default=3, help="random-direction draws per world")
     parser.add_argument("--out", default=None, help="write every number as JSON here")
     parser.add_argument("--quick", action="store_true", help="the small world, a tiny grid (a smoke run)")
@@ -242,16 +245,17 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="ucan-dircmp-") as tmp:
                 bench = open_bench(world_path(spec, size), Path(tmp))
-                extra = {} if args.gated is None else {
-                    f"directions, gate noise, mu {args.gated:g}": {"gate": "noise", "strength": args.gated, "shrinkage": chosen[2]}}
+                extra = {f"directions, gate noise, mu {mu:g}": {"gate": "noise", "strength": mu, "shrinkage": chosen[2]}
+                         for mu in args.gated}
                 row = unit_comparison(bench, direction, draws=1 if args.quick else args.draws, extra=extra)
             row["seconds"] = round(time.perf_counter() - t0, 1)
             report["compare"]["worlds"][spec] = row
             print(f"\n## {spec}: direction units at {label(chosen)} ({row['seconds']} s)\n")
             print_comparison(row)
         group = {w: r for w, r in report["compare"]["worlds"].items() if w.startswith("group:") and "direction" in r["rows"]}
-        for name, members in (("group mean (seeds 0-2)", group),
-                              ("group held-out mean (seeds 1-2)", {w: r for w, r in group.items() if w != "group:0"})):
+        held_out = {w: r for w, r in group.items() if w != "group:0"}
+        for name, members in ((f"group mean ({', '.join(group)})", group),
+                              (f"group held-out mean ({', '.join(held_out)})", held_out if len(held_out) < len(group) else {})):
             if len(members) < 2:
                 continue
             print(f"\n## {name}\n")
@@ -264,10 +268,12 @@ def main(argv=None) -> int:
                       f"{d['recall@5_ci'][1]:+.3f}], MIA AUC {d['mia_auc']:+.3f} [{d['mia_auc_ci'][0]:+.3f}, "
                       f"{d['mia_auc_ci'][1]:+.3f}]")
         if len(group) == 3:
-            report["compare"]["done_when"] = done_when(group)
-            print("\n## Done when (group seeds 0-2, mean)\n")
-            for name, c in report["compare"]["done_when"].items():
-                print(f"- {'MET' if c['met'] else 'NOT MET'} {name}: {c['numbers']}")
+            edits = [e for e in next(iter(group.values()))["rows"] if e.startswith("direction")]
+            report["compare"]["done_when"] = {e: done_when(group, e) for e in edits}
+            for e, checks in report["compare"]["done_when"].items():
+                print(f"\n## Done when ({', '.join(group)}, mean): {e}\n")
+                for name, c in checks.items():
+                    print(f"- {'MET' if c['met'] else 'NOT MET'} {name}: {c['numbers']}")
     if args.stage == "frontier":
         report["frontier"] = frontier(worlds, size, QUICK_GRID if args.quick else [c for c in GRID if c[2] == 1e-6])
     if args.out:
