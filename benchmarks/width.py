@@ -5,7 +5,7 @@ Builds demo worlds with a wider tiny Llama (``BuildConfig(hidden=...)``, the dem
 otherwise unchanged) into a cache folder outside the repository (default
 ``~/.cache/ucan/width``; a world is reused when its ``world.json`` is there), then compares, on
 each world, output units (defaults), direction units at the given gate and strength (default: the
-tuned gate none, mu 0.2; docs/results.md) and gated at ``--gated``, random directions with the
+tuned gate none, mu 0.2; docs/results.md) and gated at each ``--gated`` strength, random directions with the
 same per-module shrink spectrum, and the retrained reference, with one
 ``evaluate`` (``harness.unit_comparison``). Torch runs on one thread.
 
@@ -37,9 +37,12 @@ def width_root() -> Path:
     return cache_root() / "width"
 
 
-def build_wide(kind: str, seed: int, hidden: int, heads: int, root: Path) -> tuple[Path, float]:
-    """The world (``random`` / ``group`` synthetic, or ``movielens``) at this width: cached or built."""
-    name = f"{kind}-w{hidden}-seed{seed}"
+def build_wide(kind: str, seed: int, hidden: int, heads: int, root: Path, *, base_lr: float | None = None,
+               lora_lr: float | None = None) -> tuple[Path, float]:
+    """The world (``random`` / ``group`` synthetic, or ``movielens``) at this width: cached or built.
+    ``base_lr`` / ``lora_lr`` replace the recipe's learning rates (default: the demo's)."""
+    lrs = "".join(f"-{tag}{lr:g}" for tag, lr in (("blr", base_lr), ("llr", lora_lr)) if lr is not None)
+    name = f"{kind}-w{hidden}{lrs}-seed{seed}"
     target = root / name
     if (target / "world.json").is_file():
         return target, 0.0
@@ -49,7 +52,7 @@ def build_wide(kind: str, seed: int, hidden: int, heads: int, root: Path) -> tup
     if kind == "movielens":
         from ucan_cli.demo.movielens_world import SIZES, build_movielens_world
 
-        build = replace(SIZES["default"].build, hidden=hidden, heads=heads)
+        build = with_lrs(replace(SIZES["default"].build, hidden=hidden, heads=heads), base_lr, lora_lr)
         build_movielens_world(seed, "group", out_dir=target, build=build, force=True)
     else:
         from ucan_cli.demo.build import CONFIGS, build_world
@@ -57,12 +60,21 @@ def build_wide(kind: str, seed: int, hidden: int, heads: int, root: Path) -> tup
 
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
-            build_world(generate_world(seed, kind, "default"), tmp, config=replace(CONFIGS["default"], hidden=hidden, heads=heads),
-                        key=f"width-{name}")
+            config = with_lrs(replace(CONFIGS["default"], hidden=hidden, heads=heads), base_lr, lora_lr)
+            build_world(generate_world(seed, kind, "default"), tmp, config=config, key=f"width-{name}")
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target, time.perf_counter() - t0
+
+
+def with_lrs(config, base_lr: float | None, lora_lr: float | None):
+    """``config`` with its base and LoRA learning rates replaced where given."""
+    if base_lr is not None:
+        config = replace(config, base_lr=base_lr)
+    if lora_lr is not None:
+        config = replace(config, lora=replace(config.lora, lr=lora_lr))
+    return config
 
 
 def main(argv=None) -> int:
@@ -71,11 +83,14 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--worlds", nargs="+", default=["random:0", "movielens:0"],
                         help="KIND:SEED, KIND one of random, group (synthetic) or movielens")
+    parser.add_argument("--base-lr", type=float, default=None, help="the base's learning rate (default: the demo's 3e-3)")
+    parser.add_argument("--lora-lr", type=float, default=None, help="the adapters' learning rate (default: the demo's 6e-3)")
     parser.add_argument("--root", default=None, help="where the wide worlds live (default ~/.cache/ucan/width)")
     parser.add_argument("--gate", default="none", help="direction units' gate (default: the tuned none)")
     parser.add_argument("--strength", type=float, default=0.2, help="direction units' mu (default: the tuned 0.2)")
-    parser.add_argument("--gated", type=float, default=10.0,
-                        help="also a gate-noise direction edit at this strength (0: none; default 10, the best gated)")
+    parser.add_argument("--gated", type=float, nargs="*", default=[1.0, 10.0],
+                        help="also gate-noise direction edits at these strengths (default: 1, the code's default, and "
+                        "10, the best gated on the tuning world)")
     parser.add_argument("--shrinkage", type=float, default=None)
     parser.add_argument("--draws", type=int, default=3, help="random-direction draws")
     parser.add_argument("--build-only", action="store_true")
@@ -96,7 +111,8 @@ def main(argv=None) -> int:
     else:
         for spec in args.worlds:
             kind, _, seed = spec.partition(":")
-            path, seconds = build_wide(kind, int(seed or 0), args.hidden, args.heads, root)
+            path, seconds = build_wide(kind, int(seed or 0), args.hidden, args.heads, root, base_lr=args.base_lr,
+                                       lora_lr=args.lora_lr)
             print(f"{spec}: {path} ({'built in %.0f s' % seconds if seconds else 'cached'})", file=sys.stderr)
             worlds.append((spec, path, seconds))
     if args.build_only:
@@ -106,7 +122,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="ucan-width-") as tmp:
             bench = open_bench(path, Path(tmp))
             t0 = time.perf_counter()
-            extra = {f"directions, gate noise, mu {args.gated:g}": {"gate": "noise", "strength": args.gated}} if args.gated else {}
+            extra = {f"directions, gate noise, mu {mu:g}": {"gate": "noise", "strength": mu} for mu in args.gated}
             row = unit_comparison(bench, direction, draws=args.draws, rank=False, extra=extra)
             row.update(world=spec, path=str(path), build_s=round(seconds, 1), compare_s=round(time.perf_counter() - t0, 1),
                        model=bench.manifest.get("model"), memorization=bench.manifest.get("memorization"))
