@@ -58,10 +58,13 @@ def build_wide(kind: str, seed: int, hidden: int, heads: int, root: Path, *, bas
         from ucan_cli.demo.build import CONFIGS, build_world
         from ucan_cli.demo.world import generate_world
 
+        # The base and the original adapter do not depend on the scenario: reuse the other one's.
+        sibling = root / name.replace(kind, "group" if kind == "random" else "random", 1)
+        reuse = sibling if (sibling / "world.json").is_file() else None
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             config = with_lrs(replace(CONFIGS["default"], hidden=hidden, heads=heads), base_lr, lora_lr)
-            build_world(generate_world(seed, kind, "default"), tmp, config=config, key=f"width-{name}")
+            build_world(generate_world(seed, kind, "default"), tmp, config=config, key=f"width-{name}", reuse=reuse)
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
