@@ -5,7 +5,7 @@ attenuates with output units (defaults) and with direction units at a few gates 
 from the score files (no further forward pass), and evaluates every adapter, the original and the
 retrained reference in one ``evaluate`` call (same batches): forget Recall@5, retain and holdout
 NDCG@10, MIA AUC, forget and retain KL to the original. Issue 11 item 4 (tuning on the tuning
-world, held-out seeds, paired bootstrap) builds on this.
+world, held-out seeds, paired bootstrap) is ``direction_units.py``.
 
     python benchmarks/directions.py --seed 0 --scenario group
     python benchmarks/directions.py --quick      # the small world, two configurations (CI smoke run)

@@ -282,3 +282,183 @@ def world_facts(bench: Bench) -> dict:
             "original_sha256": sha256_file(bench.original / "adapter_model.safetensors"),
             "reference_sha256": sha256_file(bench.reference / "adapter_model.safetensors"),
             "memorization": m.get("memorization")}
+
+
+# ------------------------------------------------------------------- direction units (issue 11)
+
+
+def random_directions_adapter(bench: Bench, factors: dict[str, Any], out: Path, seed: int = 0) -> dict:
+    """The random-directions control of a direction edit: per module, the same shrink spectrum
+    (the multiset of factors s != 1, so the same sum(1 - s)) applied along random orthonormal
+    input directions Q (Haar, QR of a Gaussian): A' = A + (A Q) diag(s - 1) Q^T. B, bias and
+    config untouched. ``factors`` maps module name -> s (one per input direction, as the
+    direction edit's ``DirectionResult.modules[i].s``). Writes ``out``; returns the per-module
+    sum(1 - s) spent."""
+    import numpy as np
+    import torch
+
+    from ucan_cli.io.adapter import LoraAdapter
+
+    adapter = LoraAdapter.load(bench.original)
+    rng = np.random.default_rng([seed, 0xD1CE])
+    replacements, spent = {}, {}
+    for module in adapter.modules:
+        s = np.asarray(factors.get(module.name, np.ones(0)), dtype=np.float64)
+        idx = np.flatnonzero(s != 1.0)
+        if idx.size == 0:
+            continue
+        a = module.A.to(torch.float64).numpy()
+        if a.shape[1] != s.shape[0]:
+            raise ValueError(f"{module.name}: A is {a.shape}, the direction factors have {s.shape[0]} entries")
+        q, r = np.linalg.qr(rng.standard_normal((s.shape[0], idx.size)))
+        q = q * np.sign(np.diag(r))[None, :]
+        a_new = a + ((a @ q) * (s[idx] - 1.0)[None, :]) @ q.T
+        replacements[module.key_A] = torch.from_numpy(a_new).to(module.A.dtype)
+        spent[module.name] = float((1.0 - s).sum())
+    out.mkdir(parents=True)
+    adapter.with_tensors(replacements).write_into(out)
+    return spent
+
+
+def mia_scores(result, adapter_id: str):
+    """(member scores on D_f, non-member scores on D_h) of one adapter, as ``privacy.mia_auc`` uses them."""
+    from ucan_cli.evaluation import metrics as M
+
+    f, h = result.passes["forget"], result.passes["holdout"]
+    return M.membership_scores(f.nll[adapter_id], f.tokens), M.membership_scores(h.nll[adapter_id], h.tokens)
+
+
+def paired_differences(result, a: str, b, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap 95% intervals of a - b for forget Recall@5 and MIA AUC (the same resampled
+    forget records, and for the MIA the same resampled holdout records, for every adapter). ``b``
+    is one adapter id or several (their mean: the random draws). The resampled differences are
+    kept under ``_recall`` and ``_mia`` so that several worlds' can be averaged (``pooled``)."""
+    import numpy as np
+
+    from ucan_cli.evaluation import metrics as M
+
+    bs = [b] if isinstance(b, str) else list(b)
+    fa = result.per_record["forget"][a]["recall@5"]
+    fbs = [result.per_record["forget"][x]["recall@5"] for x in bs]
+    idx = bootstrap_index(len(fa), n_boot, seed)
+    d_recall = fa[idx].mean(1) - np.mean([fb[idx].mean(1) for fb in fbs], axis=0)
+    ma, na = mia_scores(result, a)
+    others = [mia_scores(result, x) for x in bs]
+    jdx = bootstrap_index(len(na), n_boot, seed + 1)
+    d_mia = np.array([
+        M._auc(ma[i], na[j]) - float(np.mean([M._auc(mb[i], nb[j]) for mb, nb in others])) for i, j in zip(idx, jdx)
+    ])
+    return summarize_differences(
+        float(fa.mean() - np.mean([fb.mean() for fb in fbs])),
+        float(M._auc(ma, na) - np.mean([M._auc(mb, nb) for mb, nb in others])), d_recall, d_mia,
+    )
+
+
+def summarize_differences(recall: float, mia: float, d_recall, d_mia) -> dict[str, Any]:
+    import numpy as np
+
+    return {
+        "recall@5": recall, "recall@5_ci": [float(x) for x in np.percentile(d_recall, [2.5, 97.5])],
+        "mia_auc": mia, "mia_auc_ci": [float(x) for x in np.percentile(d_mia, [2.5, 97.5])],
+        "_recall": d_recall, "_mia": d_mia,
+    }
+
+
+def pooled(differences: Sequence[dict]) -> dict[str, Any]:
+    """The mean over worlds of paired differences, its interval from the worlds' resamples averaged."""
+    import numpy as np
+
+    return summarize_differences(
+        float(np.mean([d["recall@5"] for d in differences])), float(np.mean([d["mia_auc"] for d in differences])),
+        np.mean([d["_recall"] for d in differences], axis=0), np.mean([d["_mia"] for d in differences], axis=0),
+    )
+
+
+COMPARE_COLUMNS = ("forget.recall@5", "forget.kl", "retain.ndcg@10", "retain.kl", "holdout.ndcg@10", "privacy.mia_auc")
+
+
+def unit_comparison(bench: Bench, direction: dict, *, draws: int = 3, rank: bool = True, seed: int = 0,
+                    extra: dict[str, dict] | None = None) -> dict:
+    """Output units (defaults), rank units (defaults; ``rank``), direction units (``direction``:
+    the options, e.g. gate and strength) and ``draws`` random-direction controls with the
+    direction edit's per-module spectrum, all in one ``evaluate`` with the original and the
+    reference. Each unit kind is scored at its defaults (the verdict ``ucan score`` prints); a
+    weak verdict is recorded and the edit made anyway (``accept_weak``), so eval can show what it
+    would have done. ``extra`` adds more direction edits by name (e.g. a gated one), compared with
+    output units. Returns the verdicts, every adapter's numbers and the paired differences
+    (direction minus each other edit) of forget Recall@5 and MIA AUC."""
+    from ucan_cli.errors import NothingToDo
+    from ucan_cli.flows.attenuate import attenuate
+    from ucan_cli.flows.score import score
+    from ucan_cli.methods.ucan.params import MethodParams
+    from ucan_cli.methods.ucan.scorefile import save_score_file
+
+    edits = [("output", {})] + ([("rank", {"unit": "rank"})] if rank else []) + [("direction", dict(direction))]
+    edits += [(name, {"unit": "direction", **options}) for name, options in (extra or {}).items()]
+    verdicts, dirs, names, factors = {}, [], [], None
+    for name, options in edits:
+        unit = options.get("unit", "output")
+        t0 = time.perf_counter()
+        score_params = MethodParams(**{k: v for k, v in options.items() if k in ("unit", "shrinkage")})
+        run = score((bench.model, bench.tokenizer), bench.original, bench.sets["forget"], bench.sets["retain"],
+                    params=score_params, receipt_key=bench.key)
+        path = save_score_file(bench.new_dir(f"cmp-{unit}").with_suffix(".safetensors"), run.stats, run.result, run.meta,
+                               force=False)
+        verdicts[name] = {"verdict": run.overview["verdict"], "sentence": run.overview["sentence"],
+                          "score_s": round(time.perf_counter() - t0, 2)}
+        out = bench.new_dir(name)
+        try:
+            edit = attenuate(bench.original, out, scores=path, params=options, receipt_key=bench.key, accept_weak=True)
+        except NothingToDo as exc:
+            verdicts[name]["edit"] = f"nothing to do: {exc.message}"
+            continue
+        summary = edit.report["summary"]
+        verdicts[name]["summary"] = {k: summary.get(k) for k in (
+            "k", "n_attenuated", "budget_sum_1_minus_s", "n_above_lambda0", "n_noise_above_lambda0",
+            "max_lambda_over_lambda0") if k in summary}
+        dirs.append(out)
+        names.append(name)
+        if name == "direction":
+            factors = {m.name: m.s for m in edit.result.modules}
+    for draw in range(draws if factors is not None else 0):
+        out = bench.new_dir("random-directions")
+        random_directions_adapter(bench, factors, out, seed=draw + seed)
+        dirs.append(out)
+        names.append(f"random directions {draw}")
+    result = evaluate_dirs(bench, dirs)
+    ids = dict(zip(names, result.unlearned_ids))
+    original, reference = metrics_of(result, "original"), metrics_of(result, "reference")
+    rows = {"original": original, "reference": reference}
+    for name in names:
+        rows[name] = {**metrics_of(result, ids[name]), **objective(metrics_of(result, ids[name]), original, reference)}
+    randoms = [ids[n] for n in names if n.startswith("random directions")]
+    if randoms:
+        rows["random directions (mean)"] = {
+            key: sum(rows[n][key] for n in names if n.startswith("random directions")) / len(randoms)
+            for key in rows[names[-1]] if isinstance(rows[names[-1]][key], (int, float)) and not isinstance(rows[names[-1]][key], bool)
+        }
+    differences = {}
+    if "direction" in ids:
+        for other in [n for n in ("output", "rank") if n in ids] + (["random directions"] if randoms else []):
+            b = randoms if other == "random directions" else ids[other]
+            differences[other] = paired_differences(result, ids["direction"], b)
+        for name in (extra or {}):
+            if name in ids and "output" in ids:
+                differences[f"{name} vs output"] = paired_differences(result, ids[name], ids["output"])
+    return {"verdicts": verdicts, "rows": rows, "differences": differences}
+
+
+def print_comparison(row: dict) -> None:
+    """A Markdown table of ``unit_comparison``'s numbers, the verdicts and the paired differences."""
+    for name, v in row["verdicts"].items():
+        extra = f"; {v['edit']}" if "edit" in v else f"; {v.get('summary')}"
+        print(f"- {name}: score verdict **{v['verdict']}** ({v['sentence']}){extra}")
+    print("\n| edit | " + " | ".join(COMPARE_COLUMNS) + " | J | ok |")
+    print("|---|" + "---:|" * (len(COMPARE_COLUMNS) + 2))
+    for name, m in row["rows"].items():
+        print(f"| {name} | " + " | ".join(fmt(m.get(c)) for c in COMPARE_COLUMNS)
+              + f" | {fmt(m.get('objective'))} | {fmt(m.get('feasible', ''))} |")
+    for other, d in row["differences"].items():
+        name = other.replace(" vs output", " - output") if " vs output" in other else f"direction - {other}"
+        print(f"- {name}: forget R@5 {d['recall@5']:+.3f} [{d['recall@5_ci'][0]:+.3f}, "
+              f"{d['recall@5_ci'][1]:+.3f}], MIA AUC {d['mia_auc']:+.3f} [{d['mia_auc_ci'][0]:+.3f}, {d['mia_auc_ci'][1]:+.3f}]")

@@ -359,9 +359,11 @@ def _check_outside_repo(out: Path) -> None:
 
 def _write_world(
     world: MovieLensWorld, out: Path, *, key: str | None, reuse: Path | None, progress: ProgressFactory | None,
+    build: BuildConfig | None = None,
 ) -> dict:
     """Train and write everything into the empty directory ``out`` with the demo's one world
-    builder (``demo.build.build_world_dir``); return the manifest."""
+    builder (``demo.build.build_world_dir``); return the manifest. ``build`` replaces the size's
+    model and schedule (``SIZES[size].build``)."""
     from ucan_cli.demo.build import WorldSpec, build_world_dir
 
     spec = WorldSpec(
@@ -377,7 +379,8 @@ def _write_world(
         },
         about={"world": world.describe(), "group": world.group_definition()},
     )
-    return build_world_dir(spec, out, SIZES[world.size].build, progress=progress, measure=True, key=key, reuse=reuse)
+    return build_world_dir(spec, out, build or SIZES[world.size].build, progress=progress, measure=True, key=key,
+                           reuse=reuse)
 
 
 # ------------------------------------------------------------------------------ building and the cache
@@ -414,6 +417,7 @@ def build_movielens_world(
     source: str | Path | None = None,
     reuse: str | Path | None = None,
     force: bool = False,
+    build: BuildConfig | None = None,
 ) -> Path:
     """Build the MovieLens world of (seed, scenario) into ``out_dir`` and return its path.
 
@@ -422,7 +426,9 @@ def build_movielens_world(
     is always refused (nothing derived from MovieLens may land in the repository). The world is
     written into a temporary sibling and renamed into place, so a failed build leaves nothing.
     ``reuse`` is a complete world of the same seed and size whose base and original adapter are
-    copied instead of trained (neither depends on the scenario). ``source`` is a MovieLens-100K
+    copied instead of trained (neither depends on the scenario). ``build`` replaces the size's model
+    and schedule (a wider model: ``benchmarks/width.py``; the cache key does not record it, so
+    give such a world its own ``out_dir``). ``source`` is a MovieLens-100K
     folder; without it recbole's installed copy is used (``InputError`` when neither exists).
     Training runs on one torch thread: a tiny model is overhead-bound, and it leaves a core free.
     """
@@ -438,7 +444,7 @@ def build_movielens_world(
     try:
         with torch_threads(1):  # a tiny model is overhead-bound (ucan_cli.runtime.threads)
             _write_world(world, tmp, key=world_key(seed, scenario, size), reuse=Path(reuse) if reuse else None,
-                         progress=progress)  # fmt: skip
+                         progress=progress, build=build)  # fmt: skip
         cache.install(tmp, target, replace=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
