@@ -164,9 +164,14 @@ def test_torchrun_two_processes_equal_one_process(world, tmp_path, adapters, tin
     assert len(docs) == 3, "only rank 0 prints: one document per command"
     assert docs[0]["inputs"]["batch"]["processes"] == 2
 
+    # The one-process runs use one torch thread like each rank (OMP_NUM_THREADS=1 above), so both
+    # sides compute every batch with the same kernels; only the order of float64 additions differs.
+    from ucan_cli.runtime.threads import torch_threads
+
     runner = CliRunner()
     for name, extra in (("out", []), ("dir", ["--unit", "direction"])):
-        one = runner.invoke(app, _score_args(world, tmp_path / f"one-{name}.safetensors", *extra))
+        with torch_threads(1):
+            one = runner.invoke(app, _score_args(world, tmp_path / f"one-{name}.safetensors", *extra))
         assert one.exit_code == 0, one.output
         stats_d, meta_d = load_score_file(tmp_path / f"dist-{name}.safetensors")
         stats_1, _ = load_score_file(tmp_path / f"one-{name}.safetensors")
@@ -183,7 +188,8 @@ def test_torchrun_two_processes_equal_one_process(world, tmp_path, adapters, tin
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("dist-")) == [
         "dist-dir.safetensors", "dist-eval", "dist-out.safetensors"]
 
-    one = runner.invoke(app, eval_common)
+    with torch_threads(1):
+        one = runner.invoke(app, eval_common)
     assert one.exit_code == 0, one.output
     single = _json_documents(one.stdout)[-1]
     report = json.loads((tmp_path / "dist-eval" / "report.json").read_text())

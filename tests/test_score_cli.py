@@ -69,6 +69,7 @@ def test_score_writes_file_naming_the_adapter(tiny_models, adapters, data, tmp_p
                  "--retain", data["retain"], "-o", out)
     assert res.exit_code == 0, res.output
     assert "separable from the retain set" in res.stdout
+    assert "it does not show that an edit forgets" in " ".join(res.stdout.split())
     stats, meta = load_score_file(out)
     assert meta["adapter_sha256"] == sha256_file(adapters["llama"] / "adapter_model.safetensors")
     assert meta["n_forget"] == 6 and meta["n_retain"] == 12

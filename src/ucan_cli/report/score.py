@@ -14,6 +14,13 @@ import numpy as np
 from ucan_cli._version import __version__
 
 SCHEMA_VERSION = 1
+#: Under a separable verdict: it is about activations, not the outcome (docs/results.md: the MovieLens
+#: taste cluster is separable for every unit kind and no edit forgets it).
+SEPARABLE_CAVEAT = (
+    "Separable means the forget set's activations stand out from the retain set's; it does not show that an "
+    "edit forgets. Measure that with `ucan eval` (the MovieLens taste cluster is separable and no edit of ucan "
+    "forgets it: docs/results.md)."
+)
 VERDICT_STYLE = {"separable": "bold green", "weak": "bold yellow", "noise": "bold red", "dead": "bold red", "no-contrast": "bold"}
 
 
@@ -238,6 +245,8 @@ def render_score(ui, doc: dict[str, Any], *, module_limit: int = 40) -> None:
 
     verdict = doc["verdict"]
     ui.table(Text(f"Verdict: {verdict['sentence']}.", style=VERDICT_STYLE.get(verdict["kind"], "bold")))
+    if verdict["kind"] == "separable":
+        ui.table(Text(SEPARABLE_CAVEAT, style="dim"))
     if doc["nothing_to_do"] and verdict["kind"] not in ("noise", "dead"):
         ui.table(Text(doc["nothing_to_do"]))
     timings = doc["timings"]
@@ -288,6 +297,8 @@ def render_directions(ui, doc: dict[str, Any], module_limit: int) -> None:
         f"{fmt(sel.get('k'))} directions edited, sum(1-s) {fmt(sel.get('budget_sum_1_minus_s'))}"
     )
     ui.table(Text(f"Verdict: {verdict['sentence']}.", style=VERDICT_STYLE.get(verdict["kind"], "bold")))
+    if verdict["kind"] == "separable":
+        ui.table(Text(SEPARABLE_CAVEAT, style="dim"))
     timings = doc["timings"]
     where = f"wrote {doc['output']}" if doc["written"] else "nothing written"
     ui.table(f"{where}; passes {fmt(timings.get('passes_s'))} s, total {fmt(timings.get('total_s'))} s.")
