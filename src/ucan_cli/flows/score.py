@@ -474,6 +474,8 @@ def _cached_statistics(prep: Prepared, cache_dir, *, template, load, batch_size,
             **{k: meta[k] for k in ("unit", "scope", "halves", "max_length", "max_samples", "retain_max_samples", "seed", "allow_overlap")},
             "device": str(resolved), "dtype": str(resolve_dtype(load.dtype, resolved)), "batch_size": batch_size,
             **({"max_batch_tokens": max_batch_tokens} if max_batch_tokens is not None else {}),
+            # several processes add the same float64 sums in another order: their own entries
+            **({"processes": current_ranks().world} if current_ranks().active else {}),
             # a quantized or device-mapped base computes other activations: its own entries
             **({"load": load.describe()} if load.places_itself else {}),
         },

@@ -21,7 +21,8 @@ the statistics depend on, and nothing they do not:
 * the forget and retain files' SHA-256 (``RecordSet.sha256``), the template (a built-in name, or
   the file's SHA-256; a chat template lives in the tokenizer files, hashed with the base);
 * every option that changes a statistic: unit, token scope, halves, max length, the samples and
-  their seed, dtype, device, batch size (padding changes float rounding), allow-overlap, and
+  their seed, dtype, device, batch size and token budget (padding changes float rounding), the
+  number of torchrun processes when more than one, allow-overlap, and
   the versions of ucan, torch, transformers and peft and of the score file format.
 
 A changed byte in any input gives another key, so a stale entry can never be hit. An entry is
