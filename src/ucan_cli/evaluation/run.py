@@ -350,7 +350,7 @@ def _run_columns(
     pad = pad_token_id(tokenizer)
     bos = tokenizer.bos_token_id
     batcher = batch_size if isinstance(batch_size, Batcher) else Batcher(batch_size, device_type=device.type)
-    with or_null(progress)(f"eval {name}", n * len(columns)) as advance:
+    with or_null(progress)(f"eval {name}", len(batcher.assigned(encoded)) * len(columns)) as advance:  # this rank's share
 
         def step(batch: Batch) -> None:
             rows = batch.index
