@@ -103,7 +103,7 @@ SINGLE = Ranks()
 
 def current() -> Ranks:
     """The ranks of the process group this process has joined; ``SINGLE`` when there is none."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if launched() <= 1:
         return SINGLE
     import torch.distributed as dist
 
