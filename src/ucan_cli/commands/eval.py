@@ -85,6 +85,8 @@ def eval_(
       ucan eval --base ./base --adapter ./lora --unlearned ./u1 --unlearned ./u2 --reference ./retrained --include-base --forget f.jsonl --retain r.jsonl --holdout h.jsonl -o eval-report
 
       ucan eval ... --fail-if "forget.recall@10 > 0.6" --fail-if "retain.ndcg@10 < 0.95*original" --json
+
+      torchrun --nproc-per-node 4 -m ucan_cli eval ... -o eval-report   # 4 GPUs share the records; rank 0 writes
     """
     from ucan_cli.errors import GateFailed
     from ucan_cli.flows.evaluate import evaluate

@@ -78,6 +78,8 @@ def score(
       ucan score --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --dry-run
 
       ucan score ... -o s.safetensors --unit rank --token-scope last --tau 1.5 --json | jq .verdict
+
+      torchrun --nproc-per-node 4 -m ucan_cli score ... -o s.safetensors   # 4 GPUs share the records; rank 0 writes
     """
     from ucan_cli.errors import InputError
     from ucan_cli.methods.ucan.params import params_from_options, resolve_token_scope
