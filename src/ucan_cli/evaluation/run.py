@@ -349,7 +349,7 @@ def _run_columns(
     use_keep = padding_side == "left" and accepts_logits_to_keep(model)
     pad = pad_token_id(tokenizer)
     bos = tokenizer.bos_token_id
-    batcher = batch_size if isinstance(batch_size, Batcher) else Batcher(batch_size, device_type=device.type)
+    batcher = Batcher.of(batch_size, device.type)
     with or_null(progress)(f"eval {name}", len(batcher.assigned(encoded)) * len(columns)) as advance:  # this rank's share
 
         def step(batch: Batch) -> None:

@@ -561,6 +561,7 @@ def score_dry_run(
     probe = [everything[i] for i in longest]
     probe_positions = _padded_tokens(probe, batch_size)
     total_positions = _padded_tokens(prep.forget_encoded, batch_size) + _padded_tokens(prep.retain_encoded, batch_size)
+    spec = LoadSpec.merge(load, device=device, dtype=dtype)
     seconds = estimate = None
     if prep.user_model or has_weights(prep.base_spec):
         with adapted_model(prep, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, load=load) as model:
@@ -574,9 +575,9 @@ def score_dry_run(
     else:  # a config without weights (a 7B shape on a laptop): the memory estimate, no probe
         from ucan_cli.runtime.models import resolve_device, resolve_dtype
 
-        spec = LoadSpec.merge(load, device=device, dtype=dtype)
-        prep.meta["device_type"] = resolve_device(spec.device).type
-        prep.meta["dtype"] = str(resolve_dtype(spec.dtype, resolve_device(spec.device))).replace("torch.", "")
+        resolved = resolve_device(spec.device)
+        prep.meta["device_type"] = resolved.type
+        prep.meta["dtype"] = str(resolve_dtype(spec.dtype, resolved)).replace("torch.", "")
         prep.warnings.append(f"{prep.base_spec} has a config but no weights: memory estimated from its shapes; "
                              "no probe batch, so no time estimate")
     memory = None
@@ -600,7 +601,7 @@ def score_dry_run(
     }
     if memory is not None:
         counts["memory"] = memory
-    counts["footprint"] = _footprint(prep, LoadSpec.merge(load, device=device, dtype=dtype), params, rows=batch_size,
+    counts["footprint"] = _footprint(prep, spec, params, rows=batch_size,
                                      width=max((len(e.input_ids) for e in everything), default=0), trust_remote_code=trust_remote_code)
     return ScorePlan(
         meta=prep.meta,

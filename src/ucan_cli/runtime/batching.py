@@ -120,6 +120,12 @@ class Batcher:
         self.halvings = 0
         self.batches = 0
 
+    @classmethod
+    def of(cls, batch_size: "int | str | Batcher", device_type: str) -> "Batcher":
+        """``batch_size`` itself when it is a Batcher (a caller's policy, kept across its passes),
+        else a new one for rows or ``auto`` on ``device_type``."""
+        return batch_size if isinstance(batch_size, Batcher) else cls(batch_size, device_type=device_type)
+
     def order(self, encoded: Sequence, subset: Sequence[int] | None = None, sort_by_length: bool = True) -> list[int]:
         """Record indices in batch order: ``iter_batches``'s (longest first, stable)."""
         order = list(range(len(encoded))) if subset is None else list(subset)

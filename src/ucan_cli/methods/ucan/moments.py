@@ -238,20 +238,13 @@ def collect_moments(
     """Stream the second moments of D_f and of D_r with its halves, a group of modules at a time
     (``plan_groups``); arguments as ``ucan_cli.methods.ucan.statistics.collect_statistics``
     (``batch_size``: rows, ``"auto"`` or a ``runtime.batching.Batcher``)."""
-    from ucan_cli.methods.ucan.statistics import find_lora_layers
+    from ucan_cli.methods.ucan.statistics import find_lora_layers, retain_membership
 
-    n_retain = len(retain_encoded)
-    idx_a, idx_b = (np.asarray(list(h), dtype=np.int64) for h in halves)
-    if np.intersect1d(idx_a, idx_b).size:
-        raise ValueError("halves must be disjoint")
+    retain_groups = retain_membership(len(retain_encoded), halves)
     groups = plan_groups(adapter, max_memory)
     layers = find_lora_layers(model, adapter, adapter_name)
-    retain_groups = np.zeros((3, n_retain), dtype=bool)
-    retain_groups[0] = True
-    retain_groups[1, idx_a] = True
-    retain_groups[2, idx_b] = True
     progress = or_null(progress)
-    batcher = batch_size if isinstance(batch_size, Batcher) else Batcher(batch_size, device_type=model_device(model).type)
+    batcher = Batcher.of(batch_size, model_device(model).type)
     sums = {name: [None] * len(adapter.modules) for name in SET_NAMES}
     counts: dict[str, tuple[float, int]] = {}
     was_training = model.training

@@ -437,6 +437,26 @@ def run_passes(
     acc.merge_ranks(batcher.ranks)
 
 
+def retain_membership(n_retain: int, halves: tuple[Sequence[int], Sequence[int]]) -> np.ndarray:
+    """(3, n_retain) bool: which retain records are in the whole set, half a and half b (the
+    groups of a retain pass, for the statistics and the moments alike).
+
+    Raises:
+        ValueError: the halves hold an index outside the set, repeat one, or overlap.
+    """
+    idx_a, idx_b = (np.asarray(list(h), dtype=np.int64) for h in halves)
+    for h in (idx_a, idx_b):
+        if h.size and (h.min() < 0 or h.max() >= n_retain):
+            raise ValueError("halves hold indices outside the retain set")
+    if np.intersect1d(idx_a, idx_b).size or np.unique(idx_a).size != idx_a.size or np.unique(idx_b).size != idx_b.size:
+        raise ValueError("halves must be two disjoint sets of distinct indices")
+    groups = np.zeros((3, n_retain), dtype=bool)
+    groups[0] = True
+    groups[1, idx_a] = True
+    groups[2, idx_b] = True
+    return groups
+
+
 def collect_statistics(
     model,
     adapter: LoraAdapter,
@@ -472,24 +492,13 @@ def collect_statistics(
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     if scope not in TOKEN_SCOPES:
         raise ValueError(f"scope must be one of {TOKEN_SCOPES}, got {scope!r}")
-    n_retain = len(retain_encoded)
-    idx_a, idx_b = (np.asarray(list(h), dtype=np.int64) for h in halves)
-    for h in (idx_a, idx_b):
-        if h.size and (h.min() < 0 or h.max() >= n_retain):
-            raise ValueError("halves hold indices outside the retain set")
-    if np.intersect1d(idx_a, idx_b).size or np.unique(idx_a).size != idx_a.size or np.unique(idx_b).size != idx_b.size:
-        raise ValueError("halves must be two disjoint sets of distinct indices")
-
+    retain_groups = retain_membership(len(retain_encoded), halves)
     progress = or_null(progress)
     layers = find_lora_layers(model, adapter, adapter_name)
     device = model_device(model)
     blocks, sizes = _blocks(adapter, unit, device)
     n_units = int(sum(sizes))
-    batcher = batch_size if isinstance(batch_size, Batcher) else Batcher(batch_size, device_type=device.type)
-    retain_groups = np.zeros((3, n_retain), dtype=bool)
-    retain_groups[0] = True
-    retain_groups[1, idx_a] = True
-    retain_groups[2, idx_b] = True
+    batcher = Batcher.of(batch_size, device.type)
     common = dict(
         blocks=blocks, n_units=n_units, scope=scope, batcher=batcher,
         pad_id=pad_id, padding_side=padding_side, progress=progress,
