@@ -120,11 +120,20 @@ def headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         (f"#(s <= {fmt((1 + floor) / 2)})", fmt(s["n_at_most_half"])),
         ("sum(1 - s)", fmt(s["budget_sum_1_minus_s"])),
         ("largest R / sigma0", fmt(s["max_R_over_sigma0"])),
-        ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
-        ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
-        ("relative change of ‖dW‖_F", f"{100 * t['rel_norm_change']:+.3g} %"),
-        ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+        *_dw_rows(t, relative_change=True),
     ]
+
+
+def _dw_rows(t: Mapping[str, Any], *, modules: str = "modules edited", relative_change: bool = False) -> list[tuple[str, str]]:
+    """The totals' rows every headline shares: modules edited, ‖dW‖ before and after, (its relative
+    change,) and ‖dW' − dW‖ relative to ‖dW‖."""
+    from ucan_cli.report import fmt
+
+    rows = [(modules, f"{t['n_modules_edited']} / {t['n_modules']}"),
+            ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}")]
+    if relative_change:
+        rows.append(("relative change of ‖dW‖_F", f"{100 * t['rel_norm_change']:+.3g} %"))
+    return rows + [("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %")]
 
 
 def is_negation(doc: Mapping[str, Any]) -> bool:
@@ -139,11 +148,7 @@ def _negation_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     s, t = doc["summary"], doc["totals"]
     rows = [("method", doc["options"].get("method", "?")), ("scale: dW' = -scale x dW", fmt(s["scale"]))]
     if "dw_norm_before" in t:
-        rows += [
-            ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
-            ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
-            ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
-        ]
+        rows += _dw_rows(t)
     return rows + [("cost (forward-pass equivalents)", "0")]
 
 
@@ -160,10 +165,7 @@ def _direction_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("directions edited #(s < 0.999)", fmt(s["k"])),
         ("#(s <= 0.5)", fmt(s["n_at_most_half"])),
         ("sum(1 - s)", fmt(s["budget_sum_1_minus_s"])),
-        ("modules edited (A only)", f"{t['n_modules_edited']} / {t['n_modules']}"),
-        ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
-        ("relative change of ‖dW‖_F", f"{100 * t['rel_norm_change']:+.3g} %"),
-        ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+        *_dw_rows(t, modules="modules edited (A only)", relative_change=True),
     ]
 
 
@@ -195,11 +197,7 @@ def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("cost (seconds)", fmt(cost["seconds"])),
     ]
     if "dw_norm_before" in t:
-        rows += [
-            ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
-            ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
-            ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
-        ]
+        rows += _dw_rows(t)
     return rows
 
 
@@ -214,9 +212,7 @@ def _pruning_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("pruned (factor 0)", fmt(s["n_attenuated"])),
         ("cost (forward-pass equivalents)", fmt(tr["cost"]["forward_equivalents"])),
         ("cost (seconds)", fmt(tr["cost"]["seconds"])),
-        ("modules edited", f"{t['n_modules_edited']} / {t['n_modules']}"),
-        ("‖dW‖_F before -> after", f"{fmt(t['dw_norm_before'])} -> {fmt(t['dw_norm_after'])}"),
-        ("‖dW' − dW‖_F / ‖dW‖_F", f"{100 * t['rel_delta']:.3g} %"),
+        *_dw_rows(t),
     ]
 
 
