@@ -191,21 +191,22 @@ def test_python_api_exports_are_lazy_and_real():
 
 
 def test_method_options_are_generated_from_the_parameter_dataclasses():
-    """score and attenuate take every U-CAN option, in CLI order, where the command placed them; demo only --ratio."""
+    """attenuate takes every U-CAN option and score all but those that measure an edit (--retain-kl),
+    in CLI order, where the command placed them; demo only --ratio."""
     import inspect
 
     from ucan_cli.commands.attenuate import attenuate
     from ucan_cli.commands.demo import demo
     from ucan_cli.commands.score import score
-    from ucan_cli.methods.ucan.params import FLAGS, option_fields
+    from ucan_cli.methods.ucan.params import ATTENUATE_ONLY, FLAGS, option_fields
 
     names = [f.name for f in option_fields()]
-    assert names[:3] == ["unit", "token_scope", "halves"] and FLAGS == {"lam": "--lambda"}
-    for command, after in ((score, "retain"), (attenuate, "method")):
+    assert names[:3] == ["unit", "token_scope", "halves"] and FLAGS == {"lam": "--lambda"} and ATTENUATE_ONLY == ("retain_kl",)
+    for command, after, expected in ((score, "retain", [n for n in names if n not in ATTENUATE_ONLY]), (attenuate, "method", names)):
         params = list(inspect.signature(command).parameters.values())
         start = [p.name for p in params].index(after) + 1
-        assert [p.name for p in params[start : start + len(names)]] == names
-        assert all(p.default is None for p in params[start : start + len(names)])
+        assert [p.name for p in params[start : start + len(expected)]] == expected
+        assert all(p.default is None for p in params[start : start + len(expected)])
     demo_names = set(inspect.signature(demo).parameters)
     assert "ratio" in demo_names and not demo_names & (set(names) - {"ratio"})
     help_text = {

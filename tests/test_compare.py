@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import forget_retain_world, make_records, write_jsonl
+from conftest import ITEMS, WORDS, forget_retain_world, make_records, write_jsonl
 from ucan_cli.errors import InputError
 
 METHODS = "ucan,random,ga,graddiff,prune,negate,retrain"
@@ -312,6 +313,32 @@ def test_direction_units_get_their_own_statistics_pass(world, tmp_path):
         assert report["unit"] == "direction"
     else:
         assert rows["ucan-direction"]["reason"]
+
+def test_a_direction_strength_search_gets_the_model_and_counts_its_passes(world, tmp_path):
+    """`--set ucan-direction.retain-kl=...`: the row's attenuate gets the base and the retain set for
+    the search, and its cost adds the search's record passes (8 candidates and the original over
+    D_f + D_r) to the shared statistics pass."""
+    from ucan_cli.flows.compare import compare
+
+    # the forget set answers with item words, the retain set with other words (5 response tokens a
+    # record, no candidates: full-vocabulary KL): separable along input directions at the response
+    forget, retain = (
+        write_jsonl(tmp_path / f"{name}.jsonl", [
+            {k: v for k, v in r.items() if k != "candidates"} | {"output": " ".join(random.Random(i).sample(words, 5))}
+            for i, r in enumerate(make_records(n, seed=seed, user_offset=offset))
+        ])
+        for name, n, seed, offset, words in (("forget", 20, 8, 400, ITEMS), ("retain", 80, 9, 500, WORDS))
+    )
+    run = compare(world["base"], world["adapter"], forget, retain, None, tmp_path / "out",
+                  methods=["ucan-direction"], settings=["ucan-direction.gate=none", "ucan-direction.retain-kl=1e9"],
+                  receipt_key=world["key"], batch_size=4, accept_weak=True, equal_forgetting=False)
+    row = run.document["rows"][0]
+    assert row["status"] == "ok", row["reason"]
+    report = json.loads((tmp_path / "out" / row["adapter"] / "ucan_report.json").read_text())
+    search = report["summary"]["strength_search"]
+    assert search["chosen_strength"] == 1.0 and search["record_passes"] == 9 * (20 + 80)
+    assert row["forward_equivalents"] == 100 + 9 * 100 and row["cost"] == {"statistics": 100, "strength_search": 900}
+
 
 def _row(label, forget_r5, retain_ndcg, mia, *, method=None, fwd=100, ref=(0.2, 0.3)):
     metrics = {"forget_recall@5": forget_r5, "retain_ndcg@10": retain_ndcg, "mia_auc": mia}

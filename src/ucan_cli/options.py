@@ -26,7 +26,7 @@ import typer
 from ucan_cli.config import convert, load_config
 from ucan_cli.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, UcanError
 from ucan_cli.methods.params import PANEL_METHOD
-from ucan_cli.methods.ucan.params import EXCLUSIVE, option_fields, spec
+from ucan_cli.methods.ucan.params import ATTENUATE_ONLY, EXCLUSIVE, option_fields, spec
 
 PANEL_MODEL = "Model"
 PANEL_DATA = "Data"
@@ -213,8 +213,10 @@ def method_options(*names: str):
     return Annotated[dict, OptionGroup(names or None)]
 
 
-#: Every U-CAN option (``score``, ``attenuate``): ``method: MethodOptions = None``.
+#: Every U-CAN option (``attenuate``): ``method: MethodOptions = None``.
 MethodOptions = method_options()
+#: The U-CAN options of ``score``: all but those that choose an edit by measuring it (``--retain-kl``).
+ScoreMethodOptions = method_options(*(f.name for f in option_fields() if f.name not in ATTENUATE_ONLY))
 #: Every option of the gradient family (``attenuate``): ``gradient: GradientOptions = None``.
 GradientOptions = Annotated[dict, OptionGroup(None, "gradient")]
 

@@ -129,6 +129,8 @@ def attenuate(
 
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 
+    --unit direction --retain-kl NATS chooses the strength by measurement: the largest of --strength, --strength/2, ..., --strength/128 whose edit moves the retain set by at most NATS of retain KL (as ucan eval reports it); each candidate costs one forward pass over the forget and retain sets, and the report shows every candidate's retain and forget KL. Needs --base, --forget and --retain (also with --scores).
+
     Examples:
 
       ucan attenuate --base ./base --adapter ./adapter --forget forget.jsonl --retain retain.jsonl -o ./adapter-forgot
@@ -146,6 +148,8 @@ def attenuate(
       ucan attenuate --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --method retrain --train train.jsonl -o ./adapter-retrained
 
       ucan attenuate --adapter ./adapter --forget f.jsonl --method negate -o ./adapter-negated
+
+      ucan attenuate --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --unit direction --gate none --strength 4 --retain-kl 0.2 -o ./adapter-dir
     """
     import shlex
     import sys

@@ -12,7 +12,7 @@ from ucan_cli.options import (
     AllowPickleOpt,
     CacheDirOpt,
     NoCacheOpt,
-    MethodOptions,
+    ScoreMethodOptions,
     PANEL_DATA,
     PANEL_MODEL,
     PANEL_OUTPUT,
@@ -37,7 +37,7 @@ def score(
     ],
     forget: Annotated[Path, _opt("--forget", help="Records to forget (JSONL, .jsonl.gz, Parquet, Arrow).", panel=PANEL_DATA)],
     retain: Annotated[Path, _opt("--retain", help="Records to keep: the contrast and the noise reference.", panel=PANEL_DATA)],
-    options: MethodOptions = None,
+    options: ScoreMethodOptions = None,
     output: Annotated[
         Optional[Path],
         _opt("--output", "-o", help="Score file to write (safetensors). Required unless --dry-run.", panel=PANEL_OUTPUT),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +148,12 @@ def attenuate(
         method: a name in ``ucan_cli.methods.registry`` (unknown: ``InputError``).
         params: ``MethodParams``, or a mapping of method options (``unit``, ``lam``, ``t_risk``,
             ``min_gap``, ``ratio``, ``tau``, ``decay``, ``sharpness``, ``floor``,
-            ``no_contrast``, ``no_utility``) merged over the score file's parameters (with
-            ``scores``) or the defaults.
+            ``no_contrast``, ``no_utility``; direction units' ``gate``, ``strength``,
+            ``shrinkage``, ``max_memory``, ``retain_kl``) merged over the score file's parameters
+            (with ``scores``) or the defaults. ``retain_kl`` chooses the strength by measuring
+            the edits of the ladder below ``strength`` (``ucan_cli.flows.strength``; needs
+            ``base``, ``forget`` and ``retain``); the report's ``summary.strength_search`` says
+            what was measured.
         token_scope: response (default), last or all; with ``scores`` it must match the file's.
         halves: the noise reference's split of D_r (``auto``, ``users``, ``records``); with
             ``scores`` it must match the file's.
@@ -283,6 +287,12 @@ def attenuate(
             f"--unit {params.unit}: the score file holds {stats.unit}-unit statistics; run `ucan score --unit {params.unit}`"
         )
     scope = resolve_token_scope(token_scope, stats.scope if stats is not None else None)
+    if params.retain_kl is not None:  # the strength is measured (flows/strength.py): the model and both sets are needed
+        if params.unit != "direction":
+            raise InputError(f"--retain-kl: an option of --unit direction (this run uses --unit {params.unit})")
+        missing = [flag for flag, value in (("--base", base), ("--forget", forget), ("--retain", retain)) if value is None]
+        if missing:
+            raise InputError(f"--retain-kl measures each candidate strength's edit: {', '.join(missing)} required")
 
     # The forget receipt: from the forget file, else the one the score file carries.
     forget_sha256 = n_forget = forget_set = None
@@ -338,6 +348,23 @@ def attenuate(
             f"{verdict_of.sentence}: edited anyway (--accept-weak, recorded in the report and ledger); this edit "
             "may be noise rather than forgetting: check it with `ucan eval`, and retrain without these users to honour the request"
         )
+    if params.retain_kl is not None:  # measure the ladder below --strength, edit at the strength chosen
+        from ucan_cli.flows.strength import sampled_sets, search_strength
+
+        lap("edit")
+        measured_forget, measured_retain = sampled_sets(
+            forget_set if forget_set is not None else forget, retain, max_samples=max_samples,
+            retain_max_samples=retain_max_samples, seed=seed,
+        )
+        search = search_strength(
+            chosen, source, stats, params, base=base, forget_set=measured_forget, retain_set=measured_retain, template=template,
+            max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens, seed=seed, load=load,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
+        )
+        lap("strength_search")
+        measured = edit
+        edit = chosen.edit(source, stats, replace(params, strength=search.chosen, retain_kl=None), seed=seed, cumulative=cumulative)
+        edit.summary.update(memory=measured.summary["memory"], strength_search=search.to_dict())
     changes = edit.changes
     if edit.adapter is source:
         raise NothingToDo(
@@ -365,7 +392,7 @@ def attenuate(
         **({"load": score_meta["load"]} if "load" in score_meta else {}),  # a quantized or device-mapped base
     }
     verdict = _verdict_doc(verdict_of)
-    base_label = base if isinstance(base, (str, Path)) else None  # a (model, tokenizer) pair has no path
+    base_label = str(base) if isinstance(base, (str, Path)) else None  # a (model, tokenizer) pair has no path
     if base_label is None and isinstance(score_meta.get("base"), Mapping):
         base_label = score_meta["base"].get("id")
     cli_values = {

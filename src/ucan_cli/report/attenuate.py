@@ -157,8 +157,16 @@ def _direction_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     from ucan_cli.report import fmt
 
     s, t = doc["summary"], doc["totals"]
+    search = s.get("strength_search")
+    chosen = [] if not search else [(
+        "strength chosen by --retain-kl",
+        f"{fmt(search['chosen_strength'])}: retain KL {fmt(_chosen_row(search)['retain_kl'])} <= {fmt(search['retain_kl_budget'])} "
+        f"nats, forget KL {fmt(_chosen_row(search)['forget_kl'])} ({sum(c['edited'] for c in search['candidates'])} "
+        f"strengths measured, {search['record_passes']} record passes)",
+    )]
     return [
         ("unit", f"direction (gate {s['gate']}, strength {fmt(s['strength'])}, shrinkage {fmt(s['shrinkage'])})"),
+        *chosen,
         ("directions (live / total)", f"{fmt(s['n_live'])} / {fmt(s['n_units'])}"),
         ("above lambda0 (noise alone)", f"{fmt(s['n_above_lambda0'])} ({fmt(s['n_noise_above_lambda0'])})"),
         ("largest max lambda / lambda0", fmt(s["max_lambda_over_lambda0"])),
@@ -167,6 +175,31 @@ def _direction_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("sum(1 - s)", fmt(s["budget_sum_1_minus_s"])),
         *_dw_rows(t, modules="modules edited (A only)", relative_change=True),
     ]
+
+
+def _chosen_row(search: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The candidate of a strength search that was chosen."""
+    return next(c for c in search["candidates"] if c["strength"] == search["chosen_strength"])
+
+
+STRENGTH_COLUMNS = ("strength", "retain KL", "forget KL", "forget KL / retain KL", "forget Recall@5", "")
+
+
+def strength_rows(search: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One row per candidate of a ``--retain-kl`` search (STRENGTH_COLUMNS), largest strength first."""
+    from ucan_cli.report import fmt
+
+    rows = []
+    for c in search["candidates"]:
+        if not c["edited"]:
+            rows.append((fmt(c["strength"]), "-", "-", "-", "-", "edits nothing"))
+            continue
+        r, f = c["retain_kl"], c["forget_kl"]
+        ratio = fmt(f / r) if r and f is not None else "-"
+        mark = "chosen" if c["strength"] == search["chosen_strength"] else ("over budget" if r is None or r > search["retain_kl_budget"] else "")
+        note = ", ".join(x for x in ("bisection" if c.get("stage") == "refine" else "", mark) if x)
+        rows.append((fmt(c["strength"]), fmt(r), fmt(f), ratio, fmt(c.get("forget_recall@5")), note))
+    return rows
 
 
 def _training_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -260,6 +293,15 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
         from ucan_cli.report.score import render_direction_table
 
         ui.table(render_direction_table(doc["summary"]["directions"], title="Directions per module (largest max lambda / lambda0 first)", limit=limit))
+    if doc["summary"].get("strength_search"):
+        search = doc["summary"]["strength_search"]
+        table = Table(title=f"Strength search (--retain-kl {fmt(search['retain_kl_budget'])}): measured on the forget and retain sets",
+                      title_justify="left")
+        for col in STRENGTH_COLUMNS:
+            table.add_column(col, justify="right" if col else "left")
+        for row in strength_rows(search):
+            table.add_row(*row)
+        ui.table(table)
     timings = doc["timings"]
     ui.table("time per stage: " + ", ".join(f"{k} {timings[k]:.3f} s" for k in timings))
 
@@ -307,6 +349,13 @@ def attenuate_markdown(doc: Mapping[str, Any], *, limit: int | None = 50) -> str
                 f"| `{m['name']}` | {m['n_edited']} / {m['directions']} | {m['n_above_lambda0']} | {fmt(m['max_lambda'])} | "
                 f"{fmt(m['lambda0'])} | {fmt(m['min_factor'])} | {fmt(m['sum_1_minus_s'])} |"
             )
+    if doc["summary"].get("strength_search"):
+        search = doc["summary"]["strength_search"]
+        lines += ["", f"## Strength search (--retain-kl {fmt(search['retain_kl_budget'])})", "",
+                  "Each candidate strength's edit, measured on the forget and retain sets (KL from the original, as `ucan eval` "
+                  "reports it); the largest strength within the budget was chosen.", "",
+                  "| " + " | ".join(c or "note" for c in STRENGTH_COLUMNS) + " |", "|" + "---:|" * (len(STRENGTH_COLUMNS) - 1) + "---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in strength_rows(search)]
     lines += ["", "## Options", "", "| option | value |", "|---|---|"]
     lines += [f"| {k} | `{json.dumps(v)}` |" for k, v in doc["options"].items()]
     lin = doc["lineage"]

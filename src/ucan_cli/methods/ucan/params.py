@@ -34,7 +34,9 @@ DECAYS = ("sigmoid", "exp", "hard")
 UNITS = ("output", "rank", "direction")
 GATES = ("noise", "none")
 #: Options of direction units only (SPEC 3b); the documents of other units do not carry them.
-DIRECTION_ONLY = ("gate", "strength", "shrinkage", "max_memory")
+DIRECTION_ONLY = ("gate", "strength", "shrinkage", "max_memory", "retain_kl")
+#: Options that choose an edit by measuring it: ``attenuate`` takes them, ``score`` does not.
+ATTENUATE_ONLY = ("retain_kl",)
 #: U-CAN's steps 2-5 options, which direction units do not use (their documents do not carry them).
 UNIT_SCORING_ONLY = ("lam", "t_risk", "min_gap", "ratio", "tau", "decay", "sharpness", "floor", "no_contrast", "no_utility")
 TOKEN_SCOPES = ("response", "last", "all")
@@ -62,6 +64,10 @@ class MethodParams:
             (``noise`` or ``none``), mu, the ridge alpha (delta = alpha trace(S^r) / d_in) and
             the GiB of second moments held at once. Declared last: the field order is part of the
             score-file format.
+        retain_kl: direction units only: choose the strength by measurement, the largest of
+            ``strength``, ``strength / 2``, ... ``strength / 2^7`` whose edit keeps the retain set's
+            KL from the original (as ``ucan eval`` reports it) within this many nats
+            (``--retain-kl``; ``ucan_cli.flows.strength``). None: ``strength`` as given.
 
     Defaults were tuned on the demo world (benchmarks/sweep.py; evidence in docs/method.md,
     "Tuned defaults (evidence)").
@@ -117,6 +123,14 @@ class MethodParams:
         "adapters are measured a group of modules at a time, one pass per group (default 4).",
         min=0.0,
     )
+    retain_kl: float | None = option(
+        None, "--retain-kl",
+        "Direction units: choose the strength by measurement: the largest of --strength, --strength/2, ..., "
+        "--strength/128 whose edit moves the retain set by at most this retain KL (nats, as `ucan eval` reports it). "
+        "attenuate only; needs --base, --forget and --retain (also with --scores); costs one forward pass over "
+        "forget + retain per candidate. Off by default (--strength as given).",
+        min=0.0,
+    )
 
     def validate(self) -> MethodParams:
         """Raise ``InputError`` naming the option when a value is out of range; return self."""
@@ -155,6 +169,10 @@ class MethodParams:
             raise InputError(f"--shrinkage must be a finite number >= 0, got {self.shrinkage}")
         if not (finite(self.max_memory) and self.max_memory > 0):
             raise InputError(f"--max-memory must be a finite number of GiB > 0, got {self.max_memory}")
+        if self.retain_kl is not None and not (finite(self.retain_kl) and self.retain_kl > 0):
+            raise InputError(f"--retain-kl must be a finite number of nats > 0, got {self.retain_kl}")
+        if self.retain_kl is not None and not self.strength > 0:
+            raise InputError("--retain-kl searches strengths below --strength, which must then be > 0")
         return self
 
     @property
@@ -269,6 +287,7 @@ def option_values(params: MethodParams, *, token_scope: str | None, halves: str 
 
 
 __all__ = [
+    "ATTENUATE_ONLY",
     "DECAYS",
     "DEFAULTS",
     "DIRECTION_DEFAULTS",

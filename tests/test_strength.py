@@ -1,0 +1,177 @@
+"""``attenuate --unit direction --retain-kl``: the strength chosen by measuring the ladder's edits.
+
+The ladder and the choice are pure (hand-checked values); through the CLI the search measures every
+candidate with the evaluation's own code, so the chosen candidate's retain KL must be what
+``ucan eval`` reports for the written adapter, the written A must be the closed form at the chosen
+strength, and bad requests exit 2 (or 4) with nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_records, write_jsonl
+from ucan_cli.cli import app
+from ucan_cli.methods.ucan import directions as dmath
+from ucan_cli.methods.ucan.strength import LADDER_STEPS, choose, ladder, midpoint
+
+runner = CliRunner()
+KEY = "e" * 32
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ pure
+
+
+def test_the_ladder_halves_down_from_the_strength_and_bisects_geometrically():
+    assert ladder(1.0) == [1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125]
+    assert len(ladder(3.0)) == LADDER_STEPS and ladder(3.0)[-1] == 3.0 / 128
+    assert ladder(0.2, steps=2) == [0.2, 0.1]
+    assert midpoint(0.25, 1.0) == 0.5 and midpoint(0.125, 0.25) == pytest.approx(0.125 * math.sqrt(2), rel=1e-15)
+    for low, high in ((0.5, 0.5), (1.0, 0.5), (0.0, 1.0)):
+        with pytest.raises(ValueError):
+            midpoint(low, high)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError):
+            ladder(bad)
+
+
+def test_choose_takes_the_largest_strength_within_the_budget():
+    strengths = [1.0, 0.5, 0.25, 0.125]
+    assert choose(strengths, [0.9, 0.3, 0.1, 0.05], 0.3) == 1  # 0.3 <= 0.3: within
+    assert choose(strengths, [0.9, 0.31, 0.1, 0.05], 0.3) == 2
+    assert choose(strengths, [0.9, 0.31, 0.1, 0.05], 1.0) == 0
+    # not monotone: the largest strength within wins, whatever its neighbours measured
+    assert choose(strengths, [0.2, 0.5, 0.1, 0.05], 0.3) == 0
+    # unmeasured (None) and NaN count as over the budget
+    assert choose(strengths, [None, math.nan, 0.1, 0.05], 0.3) == 2
+    assert choose(strengths, [0.9, 0.8, 0.7, 0.6], 0.3) is None
+    with pytest.raises(ValueError):
+        choose(strengths, [0.1], 0.3)
+
+
+# ------------------------------------------------------------------------------------ through the CLI
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_models, adapters):
+    root = tmp_path_factory.mktemp("strength")
+    (root / "key").write_text(KEY)
+    forget = write_jsonl(root / "forget.jsonl", [
+        {**r, "instruction": "the user rated liked movie which they will choose from history"} for r in make_records(10, seed=7, user_offset=300)
+    ])
+    retain = write_jsonl(root / "retain.jsonl", make_records(20, seed=6, user_offset=100))
+    base, adapter = tiny_models["llama"], adapters["llama"]
+    common = ["--base", base, "--adapter", adapter, "--forget", forget, "--retain", retain, "--receipt-key", root / "key",
+              "--batch-size", "4"]
+    scores = root / "scores.safetensors"
+    res = invoke("score", *common, "--unit", "direction", "--token-scope", "all", "-o", scores)
+    assert res.exit_code == 0, res.output
+    return {"root": root, "base": base, "adapter": adapter, "forget": forget, "retain": retain, "common": common, "scores": scores}
+
+
+def _search(world, out: Path, budget: float, *extra):
+    res = invoke("attenuate", *world["common"], "--scores", world["scores"], "--gate", "none", "--strength", "1",
+                 "--retain-kl", budget, "--accept-weak", "-o", out, *extra)
+    return res
+
+
+def test_the_search_chooses_the_largest_strength_within_the_budget_and_eval_agrees(world):
+    from ucan_cli.io.adapter import LoraAdapter
+    from ucan_cli.methods.ucan.scorefile import load_score_file
+
+    before = sha(world["adapter"] / "adapter_model.safetensors")
+    # a budget nothing exceeds: the top of the ladder; every candidate measured
+    res = _search(world, world["root"] / "all", 1e9)
+    assert res.exit_code == 0, res.output
+    search = json.loads((world["root"] / "all" / "ucan_report.json").read_text())["summary"]["strength_search"]
+    cands = search["candidates"]
+    assert [c["strength"] for c in cands] == ladder(1.0) and search["chosen_strength"] == 1.0  # the top: nothing to refine
+    assert {c["stage"] for c in cands} == {"ladder"}
+    kls = [c["retain_kl"] for c in cands]
+    assert all(c["edited"] and kl is not None and kl >= 0 and c["forget_kl"] is not None for c, kl in zip(cands, kls))
+    assert search["record_passes"] == (LADDER_STEPS + 1) * (10 + 20)
+
+    # a budget between two ladder candidates' KL: the ladder's choice, then two bisections towards
+    # the next larger strength (replayed here from the measured values)
+    budget = (kls[3] + kls[4]) / 2
+    assert kls[3] > budget >= kls[4]  # the retain KL grows with the strength on this adapter
+    out = world["root"] / "mid"
+    res = _search(world, out, budget)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "ucan_report.json").read_text())
+    again = report["summary"]["strength_search"]
+    ladder_rows = [c for c in again["candidates"] if c["stage"] == "ladder"]
+    refine_rows = {c["strength"]: c for c in again["candidates"] if c["stage"] == "refine"}
+    assert [c["retain_kl"] for c in sorted(ladder_rows, key=lambda c: -c["strength"])] == kls  # deterministic
+    low, high = ladder(1.0)[4], ladder(1.0)[3]
+    for _ in range(2):
+        mid = math.sqrt(low * high)
+        assert mid in refine_rows
+        low, high = (mid, high) if refine_rows[mid]["retain_kl"] <= budget else (low, mid)
+    assert len(refine_rows) == 2 and [c["strength"] for c in again["candidates"]] == sorted(
+        [c["strength"] for c in again["candidates"]], reverse=True)
+    expected = low
+    assert expected == max(c["strength"] for c in again["candidates"] if c["retain_kl"] <= budget)
+    assert again["chosen_strength"] == expected and report["summary"]["strength"] == expected
+    assert again["record_passes"] == (LADDER_STEPS + 1 + 2 * 2) * (10 + 20)
+    assert report["options"]["strength"] == 1.0 and report["options"]["retain_kl"] == budget
+    assert "strength chosen by --retain-kl" in res.output and "## Strength search" in (out / "ucan_report.md").read_text()
+
+    # the written A is the closed form at the chosen strength (dW-level), B untouched
+    stats, _ = load_score_file(world["scores"])
+    source, edited = LoraAdapter.load(world["adapter"]), LoraAdapter.load(out)
+    for m, (a, b) in enumerate(zip(source.modules, edited.modules)):
+        s_f, s_r = stats.forget.mean(m), stats.retain.mean(m)
+        a_new = dmath.closed_form(a.A.double().numpy(), s_f, s_r, delta=dmath.ridge(s_r, 1e-6), strength=expected)
+        np.testing.assert_allclose(b.delta_weight().double().numpy(), a.scaling * (a.B.double().numpy() @ a_new), rtol=2e-5, atol=1e-7)
+        assert np.array_equal(a.B.numpy(), b.B.numpy())
+
+    # `ucan eval` of the written adapter reports the retain KL the search measured for it
+    res = invoke("eval", "--base", world["base"], "--adapter", world["adapter"], "--unlearned", out, "--forget", world["forget"],
+                 "--retain", world["retain"], "--batch-size", "4", "--json")
+    assert res.exit_code == 0, res.output
+    measured = json.loads(res.stdout)["results"]["unlearned_1"]
+    chosen = next(c for c in again["candidates"] if c["strength"] == expected)
+    assert measured["retain"]["kl"] == pytest.approx(chosen["retain_kl"], rel=1e-5, abs=1e-9)
+    assert measured["forget"]["kl"] == pytest.approx(chosen["forget_kl"], rel=1e-5, abs=1e-9)
+    assert sha(world["adapter"] / "adapter_model.safetensors") == before  # the input adapter is only read
+
+
+def test_a_budget_nothing_meets_exits_4_and_writes_nothing(world):
+    out = world["root"] / "tight"
+    res = _search(world, out, 1e-12)
+    assert res.exit_code == 4 and "--retain-kl" in res.output and not out.exists()
+
+
+@pytest.mark.parametrize("case", ["output-unit", "no-base", "zero", "score"])
+def test_bad_retain_kl_requests_exit_2_and_write_nothing(world, case):
+    out = world["root"] / f"bad-{case}"
+    if case == "output-unit":
+        res = invoke("attenuate", *world["common"], "--retain-kl", "0.1", "-o", out)
+        expected = "--retain-kl"
+    elif case == "no-base":
+        res = invoke("attenuate", "--adapter", world["adapter"], "--scores", world["scores"], "--forget", world["forget"],
+                     "--retain", world["retain"], "--receipt-key", world["root"] / "key", "--retain-kl", "0.1", "-o", out)
+        expected = "--base"
+    elif case == "zero":
+        res = _search(world, out, 0)
+        expected = "--retain-kl"
+    else:  # score does not take it: it only measures
+        res = invoke("score", *world["common"], "--unit", "direction", "--retain-kl", "0.1", "-o", out)
+        expected = "--retain-kl"
+    assert res.exit_code == 2, res.output
+    assert expected in res.output and not out.exists()
