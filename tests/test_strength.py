@@ -175,3 +175,16 @@ def test_bad_retain_kl_requests_exit_2_and_write_nothing(world, case):
         expected = "--retain-kl"
     assert res.exit_code == 2, res.output
     assert expected in res.output and not out.exists()
+
+
+def test_with_a_score_file_the_search_measures_the_records_the_statistics_saw(world):
+    """A score file made with --retain-max-samples 18: the search, run without it, measures the
+    same seeded 18 retain records (the score file's sampling, not the file's 20)."""
+    scores = world["root"] / "sampled.safetensors"
+    res = invoke("score", *world["common"], "--unit", "direction", "--token-scope", "all", "--retain-max-samples", "18", "-o", scores)
+    assert res.exit_code == 0, res.output
+    out = world["root"] / "sampled-out"
+    res = invoke("attenuate", *world["common"], "--scores", scores, "--gate", "none", "--retain-kl", "1e9", "--accept-weak", "-o", out)
+    assert res.exit_code == 0, res.output
+    search = json.loads((out / "ucan_report.json").read_text())["summary"]["strength_search"]
+    assert search["record_passes"] == (LADDER_STEPS + 1) * (10 + 18)

@@ -352,14 +352,18 @@ def attenuate(
         from ucan_cli.flows.strength import sampled_sets, search_strength
 
         lap("edit")
+        # the records, template and lengths the statistics were computed with (a score file's own)
+        made = {k: (value if scores is None else score_meta.get(k, value)) for k, value in (
+            ("template", template), ("max_length", max_length), ("max_samples", max_samples),
+            ("retain_max_samples", retain_max_samples), ("seed", seed))}
         measured_forget, measured_retain = sampled_sets(
-            forget_set if forget_set is not None else forget, retain, max_samples=max_samples,
-            retain_max_samples=retain_max_samples, seed=seed,
+            forget_set if forget_set is not None else forget, retain, max_samples=made["max_samples"],
+            retain_max_samples=made["retain_max_samples"], seed=made["seed"], allow_overlap=allow_overlap,
         )
         search = search_strength(
-            chosen, source, stats, params, base=base, forget_set=measured_forget, retain_set=measured_retain, template=template,
-            max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens, seed=seed, load=load,
-            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
+            chosen, source, stats, params, base=base, forget_set=measured_forget, retain_set=measured_retain,
+            template=made["template"], max_length=made["max_length"], batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+            seed=seed, load=load, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
         )
         lap("strength_search")
         measured = edit

@@ -59,12 +59,14 @@ class StrengthSearch:
                 "record_passes": self.record_passes, "seconds": self.seconds}
 
 
-def sampled_sets(forget, retain, *, max_samples: int | None, retain_max_samples: int | None, seed: int):
-    """The forget and retain records the statistics pass saw (``flows.score.prepare``'s sampling)."""
-    from ucan_cli.io.data import read_records
+def sampled_sets(forget, retain, *, max_samples: int | None, retain_max_samples: int | None, seed: int, allow_overlap: bool = False):
+    """The forget and retain records the statistics pass saw (``flows.score.prepare``'s reading,
+    overlap check and sampling)."""
+    from ucan_cli.io.data import check_disjoint, read_records
 
     forget_set = forget if hasattr(forget, "records") else read_records(forget, "forget")
     retain_set = retain if hasattr(retain, "records") else read_records(retain, "retain")
+    check_disjoint(forget_set, retain_set, allow_overlap=allow_overlap)
     forget_set = forget_set.sample(max_samples, seed)
     cap = min(x for x in (max_samples, retain_max_samples, len(retain_set)) if x is not None)
     return forget_set, retain_set.sample(cap, seed)
