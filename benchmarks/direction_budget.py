@@ -214,6 +214,8 @@ def run_world(spec: str, size: str, work: Path, grids: dict) -> dict:
             probes[key] = (m["forget.kl"], m["retain.kl"])
 
     edits: dict[str, tuple[Path, dict]] = {"output units (defaults)": (output_units(bench), {})}
+    edits["directions, gate noise, mu 1 (the defaults)"] = (
+        write_edit(bench, adapter, sol, {i: ("noise", 1.0) for i in every}, "default"), {"kind": "default"})
     for mu in grids["mus"]:
         rho, rho_f = retain_share(adapter, sol, mu)
         edits[f"gate none, mu {mu:g}"] = (write_edit(bench, adapter, sol, {i: ("none", mu) for i in every}, f"global-{mu}"),
