@@ -129,7 +129,7 @@ def attenuate(
 
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 
-    --unit direction --retain-kl NATS chooses the strength by measurement: the largest of --strength, --strength/2, ..., --strength/128 whose edit moves the retain set by at most NATS of retain KL (as ucan eval reports it); each candidate costs one forward pass over the forget and retain sets, and the report shows every candidate's retain and forget KL. Needs --base, --forget and --retain (also with --scores).
+    --unit direction --retain-kl NATS chooses the strength by measurement: of --strength, --strength/2, ..., --strength/128 the largest whose edit moves the retain set by at most NATS of retain KL (as ucan eval reports it), refined by two bisections towards the next larger; each candidate costs one forward pass over the forget and retain sets, and the report shows every candidate's retain and forget KL. Needs --base, --forget and --retain (also with --scores). Recommended for direction units: --gate none --strength 4 --retain-kl 0.2 (docs/results.md).
 
     Examples:
 

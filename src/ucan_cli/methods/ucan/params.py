@@ -65,9 +65,10 @@ class MethodParams:
             the GiB of second moments held at once. Declared last: the field order is part of the
             score-file format.
         retain_kl: direction units only: choose the strength by measurement, the largest of
-            ``strength``, ``strength / 2``, ... ``strength / 2^7`` whose edit keeps the retain set's
-            KL from the original (as ``ucan eval`` reports it) within this many nats
-            (``--retain-kl``; ``ucan_cli.flows.strength``). None: ``strength`` as given.
+            ``strength``, ``strength / 2``, ... ``strength / 2^7`` (then two bisections towards the
+            next larger) whose edit keeps the retain set's KL from the original (as ``ucan eval``
+            reports it) within this many nats (``--retain-kl``; ``ucan_cli.flows.strength``).
+            None: ``strength`` as given.
 
     Defaults were tuned on the demo world (benchmarks/sweep.py; evidence in docs/method.md,
     "Tuned defaults (evidence)").
@@ -125,10 +126,10 @@ class MethodParams:
     )
     retain_kl: float | None = option(
         None, "--retain-kl",
-        "Direction units: choose the strength by measurement: the largest of --strength, --strength/2, ..., "
-        "--strength/128 whose edit moves the retain set by at most this retain KL (nats, as `ucan eval` reports it). "
-        "attenuate only; needs --base, --forget and --retain (also with --scores); costs one forward pass over "
-        "forget + retain per candidate. Off by default (--strength as given).",
+        "Direction units: choose the strength by measurement: of --strength, --strength/2, ..., --strength/128 the "
+        "largest whose edit moves the retain set by at most this retain KL (nats, as `ucan eval` reports it), then two "
+        "bisections towards the next larger. attenuate only; needs --base, --forget and --retain (also with --scores); "
+        "costs one forward pass over forget + retain per candidate. Off by default (--strength as given).",
         min=0.0,
     )
 
