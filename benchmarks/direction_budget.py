@@ -1,19 +1,20 @@
-"""Direction units under a retain budget: three ways past a fixed ``--strength`` (issue 11, after item 4).
+"""Direction units under a retain budget: ways past a fixed ``--strength`` (issue 11, after item 4).
 
 Issue 11's "done when" asks direction units to close half of output units' gap to the retrained
 reference at 95% of the memorized utility. At one fixed strength they close a quarter to a third
-(docs/results.md). This script measures three candidate improvements, each forward-only (no
-gradient), none of them in the product:
+(docs/results.md). This script measures three forward-only (no gradient) ways to set the strength
+and one token-scope variant; the second is the product's ``attenuate --retain-kl``, the others
+were measured and not built (docs/results.md, "Direction units under a measured retain budget"):
 
 1. **Forward-free retain share.** rho(mu) = sum_l E_r ||c B_l (A'_l - A_l) x||^2 /
    sum_l E_r ||c B_l A_l x||^2, the share of the adapter's retain-set output energy an edit removes,
    is exact from the moments (no forward pass). If a fixed rho transferred across worlds better
    than a fixed mu, it would be a free safeguard for ``--gate none``.
 2. **Measured retain budget, one strength** (the product's ``attenuate --retain-kl``,
-   ``ucan_cli.flows.strength``): the largest of ``--strength``, ``--strength / 2``, ...,
-   ``--strength / 128`` whose edit moves the retain set by at most ``budget`` nats of retain KL
-   (KL from the original, as ``ucan eval`` reports it; one forward pass over D_f and D_r per
-   candidate). Run here with gate none and ``--strength`` ``TOP`` (4).
+   ``ucan_cli.flows.strength``): of ``--strength``, ``--strength / 2``, ..., ``--strength / 128``
+   the largest whose edit moves the retain set by at most ``budget`` nats of retain KL (KL from
+   the original, as ``ucan eval`` reports it; one forward pass over D_f and D_r per candidate),
+   refined by two bisections. Run here with gate none and ``--strength`` ``TOP`` (4).
 3. **Measured retain budget, a strength per module.** Each module's own edit at a few strengths is
    probed alone (forget KL gained, retain KL spent, one pass over D_f and D_r per probe); a greedy
    allocation then raises, step by step, the module strength with the most forget KL per retain
@@ -29,7 +30,8 @@ budget is tuned on the tuning world (group, seed 0: the feasible budget of lowes
 the others. Torch on one thread.
 
     python benchmarks/direction_budget.py --worlds group:0 group:1 group:2 --out budget.json
-    python benchmarks/direction_budget.py --worlds group:3 group:4 group:5 ~/.cache/ucan/width/group-w256-blr0.001-llr0.002-seed0
+    python benchmarks/direction_budget.py --worlds group:3 group:4 group:5
+    python benchmarks/direction_budget.py --worlds ~/.cache/ucan/width/group-w256-blr0.001-llr0.002-seed0   # width.py's worlds
     python benchmarks/direction_budget.py --quick    # the small world, a tiny grid (CI smoke run)
 """
 
