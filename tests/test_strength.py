@@ -188,3 +188,41 @@ def test_with_a_score_file_the_search_measures_the_records_the_statistics_saw(wo
     assert res.exit_code == 0, res.output
     search = json.loads((out / "ucan_report.json").read_text())["summary"]["strength_search"]
     assert search["record_passes"] == (LADDER_STEPS + 1) * (10 + 18)
+
+
+def test_edits_at_many_strengths_solve_each_module_once(monkeypatch):
+    """The search edits at up to ten strengths from one statistics object: the eigen solve and
+    lambda0 (independent of gate and strength) are computed once per module and shrinkage, and
+    every edit equals one from a fresh solve."""
+    from ucan_cli.methods.ucan import direction
+    from ucan_cli.methods.ucan.moments import MomentStatistics, SetMoments
+    from ucan_cli.methods.ucan.params import MethodParams
+
+    rng = np.random.default_rng(3)
+
+    def moments(d, planted=1.0):
+        x = rng.standard_normal((200, d))
+        x[:, 0] *= planted  # the forget set reads its first input direction far more than the retain set
+        return x.T @ x
+
+    sizes = [6, 4]
+    sets = {n: SetMoments([moments(d, 5.0 if n == "forget" else 1.0) for d in sizes], 200.0, 20)
+            for n in ("forget", "retain", "half_a", "half_b")}
+
+    def fresh():
+        return MomentStatistics(scope="response", module_names=["a", "b"], module_sizes=sizes,
+                                **{n: SetMoments([x.copy() for x in m.sums], m.tokens, m.n_records) for n, m in sets.items()})
+
+    calls = []
+    real = dmath.generalized_eigh
+    monkeypatch.setattr(dmath, "generalized_eigh", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stats = fresh()
+    params = [MethodParams(unit="direction", gate=g, strength=mu) for mu in ladder(4.0) for g in ("none", "noise")]
+    results = [direction.select_directions(stats, p)[0] for p in params]
+    assert len(calls) == 3 * len(sizes)  # forget vs retain, and the two noise problems, once per module
+    direction.select_directions(stats, MethodParams(unit="direction", shrinkage=1e-3))
+    assert len(calls) == 2 * 3 * len(sizes)  # another shrinkage is another solve
+    for p, result in zip(params, results):
+        again = direction.select_directions(fresh(), p)[0]
+        for m, n in zip(result.modules, again.modules):
+            assert np.array_equal(m.s, n.s) and np.array_equal(m.solution.V, n.solution.V) and m.lambda0 == n.lambda0

@@ -3,8 +3,9 @@ second moments of each module's input in, an edit of A out, with a verdict on th
 the other units.
 
 ``select_directions`` solves every module (``directions.generalized_eigh`` on S^f against S^r +
-delta I, the noise level lambda0 from the retain halves), gives each direction its factor under
-``--gate`` and ``--strength``, and counts, across modules, the directions whose lambda exceeds
+delta I, the noise level lambda0 from the retain halves; ``decompose``, done once per statistics
+object and shrinkage, since neither depends on the gate or the strength), gives each direction its
+factor under ``--gate`` and ``--strength``, and counts, across modules, the directions whose lambda exceeds
 their module's lambda0 (``n_above``) and how many directions of the reverse half-vs-half problem
 do (``n0_above``, what noise alone gives). The verdict: ``noise`` when no direction is above
 lambda0 (nothing to do, exit 4, whatever the gate), ``weak`` when no more directions stand above
@@ -98,16 +99,39 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def solve_module(name: str, forget, retain, half_a, half_b, params) -> ModuleDirections:
-    """One module from its four moments (means, d_in x d_in) under ``params``."""
-    d = retain.shape[0]
+def decompose(forget, retain, half_a, half_b, shrinkage: float):
+    """The strength-independent part of one module's solve from its four moments (means, d_in x
+    d_in): (the generalized eigen solution, lambda0, the reverse noise eigenvalues), or None when
+    a set has no scoped token (the module is dead)."""
     if not (np.any(forget) and np.any(retain) and np.any(half_a) and np.any(half_b)):
-        return ModuleDirections(name, None, 0.0, np.zeros(0), np.ones(d))
-    delta = dmath.ridge(retain, params.shrinkage)
+        return None
+    delta = dmath.ridge(retain, shrinkage)
     solution = dmath.generalized_eigh(forget, retain, delta)
     lambda0, reverse = dmath.noise_level(half_a, half_b, delta)
+    return solution, lambda0, reverse
+
+
+def _module(name: str, d: int, decomposed, params) -> ModuleDirections:
+    """A module's ``ModuleDirections`` from its ``decompose`` result under ``params``' gate and strength."""
+    if decomposed is None:
+        return ModuleDirections(name, None, 0.0, np.zeros(0), np.ones(d))
+    solution, lambda0, reverse = decomposed
     s = dmath.factors(solution.lam, strength=params.strength, gate=params.gate, lambda0=lambda0)
     return ModuleDirections(name, solution, lambda0, reverse, s)
+
+
+def solve_module(name: str, forget, retain, half_a, half_b, params) -> ModuleDirections:
+    """One module from its four moments (means, d_in x d_in) under ``params``."""
+    return _module(name, retain.shape[0], decompose(forget, retain, half_a, half_b, params.shrinkage), params)
+
+
+def _decomposed(stats, m: int, shrinkage: float):
+    """Module ``m``'s ``decompose`` result, computed once per statistics object and shrinkage
+    (``MomentStatistics.solved``)."""
+    key = (m, float(shrinkage))
+    if key not in stats.solved:
+        stats.solved[key] = decompose(*(getattr(stats, n).mean(m) for n in ("forget", "retain", "half_a", "half_b")), shrinkage)
+    return stats.solved[key]
 
 
 def select_directions(stats, params) -> tuple[DirectionResult, Verdict]:
@@ -117,7 +141,7 @@ def select_directions(stats, params) -> tuple[DirectionResult, Verdict]:
         NothingToDo: no direction stands above its module's lambda0 (or no module is live).
     """
     modules = [
-        solve_module(name, *(getattr(stats, set_name).mean(m) for set_name in ("forget", "retain", "half_a", "half_b")), params)
+        _module(name, stats.module_sizes[m], _decomposed(stats, m, params.shrinkage), params)
         for m, name in enumerate(stats.module_names)
     ]
     live = [m for m in modules if m.solution is not None]
@@ -188,4 +212,4 @@ def edit_directions(source, stats, params) -> Edit:
     return Edit(edited, {}, changes, result.summary(), verdict, result, timings)
 
 
-__all__ = ["DirectionResult", "ModuleDirections", "edit_directions", "select_directions", "solve_module"]
+__all__ = ["DirectionResult", "ModuleDirections", "decompose", "edit_directions", "select_directions", "solve_module"]

@@ -20,7 +20,7 @@ to the host (NumPy) group by group.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -70,6 +70,10 @@ class MomentStatistics:
     half_a: SetMoments
     half_b: SetMoments
     unit: str = "direction"
+    solved: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    """``direction.decompose``'s result per (module, shrinkage): the eigen solutions and lambda0 do
+    not depend on ``--strength`` or ``--gate``, so every edit from these moments solves each module
+    once (``--retain-kl`` edits at up to ten strengths)."""
 
     def __post_init__(self) -> None:
         self.module_sizes = [int(s) for s in self.module_sizes]
