@@ -349,14 +349,15 @@ def attenuate(
             "may be noise rather than forgetting: check it with `ucan eval`, and retrain without these users to honour the request"
         )
     if params.retain_kl is not None:  # measure the ladder below --strength, edit at the strength chosen
-        from ucan_cli.flows.strength import sampled_sets, search_strength
+        from ucan_cli.flows.score import sampled_sets
+        from ucan_cli.flows.strength import search_strength
 
         lap("edit")
         # the records, template and lengths the statistics were computed with (a score file's own)
         made = {k: (value if scores is None else score_meta.get(k, value)) for k, value in (
             ("template", template), ("max_length", max_length), ("max_samples", max_samples),
             ("retain_max_samples", retain_max_samples), ("seed", seed))}
-        measured_forget, measured_retain = sampled_sets(
+        _, measured_forget, measured_retain = sampled_sets(
             forget_set if forget_set is not None else forget, retain, max_samples=made["max_samples"],
             retain_max_samples=made["retain_max_samples"], seed=made["seed"], allow_overlap=allow_overlap,
         )

@@ -114,6 +114,18 @@ def _read_set(source, role: str) -> RecordSet:
     return read_records(source, role)
 
 
+def sampled_sets(forget, retain, *, max_samples: int | None, retain_max_samples: int | None, seed: int,
+                 allow_overlap: bool = False) -> tuple[RecordSet, RecordSet, RecordSet]:
+    """(the forget file's records, the forget records scored, the retain records scored): both sets
+    read (paths or ``RecordSet``), checked disjoint, and sampled as ``--max-samples``,
+    ``--retain-max-samples`` and ``--seed`` say. The statistics pass and ``--retain-kl``'s search
+    both read their records here, so they see the same ones."""
+    forget_file, retain_set = _read_set(forget, "forget"), _read_set(retain, "retain")
+    check_disjoint(forget_file, retain_set, allow_overlap=allow_overlap)
+    retain_cap = min(x for x in (max_samples, retain_max_samples, len(retain_set)) if x is not None)
+    return forget_file, forget_file.sample(max_samples, seed), retain_set.sample(retain_cap, seed)
+
+
 def _check_template(template: str) -> None:
     from ucan_cli.io.prompts import BUILTIN_TEMPLATES, PromptFormatter
 
@@ -143,13 +155,10 @@ def prepare(
     _check_options(params, token_scope, batch_size, max_length, max_samples, retain_max_samples)
     _check_template(template)
 
-    forget_set = _read_set(forget, "forget")
-    retain_set = _read_set(retain, "retain")
-    check_disjoint(forget_set, retain_set, allow_overlap=allow_overlap)
-    forget_file = forget_set  # the deletion request is the whole file, whatever --max-samples scores
-    forget_set = forget_set.sample(max_samples, seed)
-    retain_cap = min(x for x in (max_samples, retain_max_samples, len(retain_set)) if x is not None)
-    retain_set = retain_set.sample(retain_cap, seed)
+    # the deletion request is the whole forget file, whatever --max-samples scores
+    forget_file, forget_set, retain_set = sampled_sets(
+        forget, retain, max_samples=max_samples, retain_max_samples=retain_max_samples, seed=seed, allow_overlap=allow_overlap,
+    )
     if len(retain_set) < 2:
         raise InputError(f"{retain_set.path}: the retain set needs at least 2 records (its two halves are the noise reference)")
 

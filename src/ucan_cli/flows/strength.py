@@ -59,19 +59,6 @@ class StrengthSearch:
                 "record_passes": self.record_passes, "seconds": self.seconds}
 
 
-def sampled_sets(forget, retain, *, max_samples: int | None, retain_max_samples: int | None, seed: int, allow_overlap: bool = False):
-    """The forget and retain records the statistics pass saw (``flows.score.prepare``'s reading,
-    overlap check and sampling)."""
-    from ucan_cli.io.data import check_disjoint, read_records
-
-    forget_set = forget if hasattr(forget, "records") else read_records(forget, "forget")
-    retain_set = retain if hasattr(retain, "records") else read_records(retain, "retain")
-    check_disjoint(forget_set, retain_set, allow_overlap=allow_overlap)
-    forget_set = forget_set.sample(max_samples, seed)
-    cap = min(x for x in (max_samples, retain_max_samples, len(retain_set)) if x is not None)
-    return forget_set, retain_set.sample(cap, seed)
-
-
 def search_strength(
     chosen, source, stats, params, *, base, forget_set, retain_set, template: str, max_length: int | None,
     batch_size, max_batch_tokens: int | None, seed: int, load, allow_pickle: bool, trust_remote_code: bool, progress=None,
@@ -192,4 +179,4 @@ def _model(base, load, *, allow_pickle: bool, trust_remote_code: bool):
     return model, tokenizer
 
 
-__all__ = ["StrengthSearch", "sampled_sets", "search_strength"]
+__all__ = ["StrengthSearch", "search_strength"]
