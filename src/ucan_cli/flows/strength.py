@@ -169,13 +169,11 @@ def _model(base, load, *, allow_pickle: bool, trust_remote_code: bool):
     """(model, tokenizer): the caller's pair, or loaded from a path/id like ``ucan eval`` does."""
     if isinstance(base, tuple):
         return base
-    from ucan_cli.runtime.models import load_base_model, load_tokenizer, resolve_device, resolve_dtype
+    from ucan_cli.runtime.models import load_base_model, load_tokenizer
 
-    device = resolve_device(load.device)
-    dtype = resolve_dtype(load.dtype, device)
     tokenizer = load_tokenizer(str(base), trust_remote_code=trust_remote_code)
-    model = load_base_model(str(base), device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                            allow_pickle=allow_pickle, load=load)
+    # the load spec gives the device and dtype (resolved there) and any device map or quantization
+    model = load_base_model(str(base), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, load=load)
     return model, tokenizer
 
 
