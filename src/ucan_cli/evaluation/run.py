@@ -474,11 +474,7 @@ def _candidate_batches(
             seqs.append(Encoded(input_ids=prompt + tuple(cand), prompt_len=len(prompt), truncated=0))
             pairs.append((i, j))
     out = []
-    order = batcher.order(seqs)  # longest first; the batcher's current size and token budget
-    s = 0
-    while s < len(order):
-        chunk = batcher.take(seqs, order, s)
-        s += len(chunk)
+    for chunk in batcher.cuts(seqs, batcher.order(seqs)):  # longest first; the batcher's current size and token budget
         keep = max(seqs[k].response_len for k in chunk) + 1
         out.append(([pairs[k] for k in chunk], collate([seqs[k] for k in chunk], chunk, pad, padding_side), keep))
     return out

@@ -208,6 +208,15 @@ def collate(
     )
 
 
+def batch_order(encoded: Sequence[Encoded], subset: Sequence[int] | None = None, sort_by_length: bool = True) -> list[int]:
+    """Record indices in batch order: ``subset`` (default: all), longest first (stable) unless
+    ``sort_by_length`` is off. ``iter_batches`` and ``runtime.batching.Batcher`` cut this order."""
+    order = list(range(len(encoded))) if subset is None else list(subset)
+    if sort_by_length:
+        order.sort(key=lambda i: -len(encoded[i].input_ids))
+    return order
+
+
 def iter_batches(
     encoded: Sequence[Encoded],
     batch_size: int,
@@ -224,9 +233,7 @@ def iter_batches(
     """
     if batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {batch_size}")
-    order = list(range(len(encoded))) if subset is None else list(subset)
-    if sort_by_length:
-        order.sort(key=lambda i: -len(encoded[i].input_ids))
+    order = batch_order(encoded, subset, sort_by_length)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         yield collate([encoded[i] for i in chunk], chunk, pad_id, padding_side)

@@ -32,7 +32,7 @@ only when a batch runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ucan_cli.errors import InputError, UcanRuntimeError
@@ -127,11 +127,10 @@ class Batcher:
         return batch_size if isinstance(batch_size, Batcher) else cls(batch_size, device_type=device_type)
 
     def order(self, encoded: Sequence, subset: Sequence[int] | None = None, sort_by_length: bool = True) -> list[int]:
-        """Record indices in batch order: ``iter_batches``'s (longest first, stable)."""
-        order = list(range(len(encoded))) if subset is None else list(subset)
-        if sort_by_length:
-            order.sort(key=lambda i: -len(encoded[i].input_ids))
-        return order
+        """Record indices in batch order: ``iter_batches``'s (``io.tokenize.batch_order``)."""
+        from ucan_cli.io.tokenize import batch_order
+
+        return batch_order(encoded, subset, sort_by_length)
 
     def take(self, encoded: Sequence, order: Sequence[int], start: int, size: int | None = None) -> list[int]:
         """The next batch's indices from ``order[start:]``: at most ``size`` rows (default: the
@@ -145,6 +144,15 @@ class Batcher:
             chunk.append(i)
             width = wider
         return chunk
+
+    def cuts(self, encoded: Sequence, order: Sequence[int], size: int | None = None) -> Iterator[list[int]]:
+        """``order`` cut into consecutive batches by ``take`` (``size`` rows at most, default the
+        current size; the token budget), without running them."""
+        start = 0
+        while start < len(order):
+            chunk = self.take(encoded, order, start, size)
+            yield chunk
+            start += len(chunk)
 
     def _shrink(self, rows: int, width: int, exc: BaseException) -> None:
         """After an out-of-memory on a batch of ``rows`` x ``width``: halve, or stop with one line."""
@@ -169,14 +177,7 @@ class Batcher:
         order = self.order(encoded, subset, sort_by_length)
         if not self.ranks.active:
             return [order] if order else []
-        dealt, start, j = [], 0, 0
-        while start < len(order):
-            chunk = self.take(encoded, order, start, self.first_size)
-            if self.ranks.mine(j):
-                dealt.append(chunk)
-            start += len(chunk)
-            j += 1
-        return dealt
+        return [chunk for j, chunk in enumerate(self.cuts(encoded, order, self.first_size)) if self.ranks.mine(j)]
 
     def assigned(self, encoded: Sequence, subset: Sequence[int] | None = None, sort_by_length: bool = True) -> list[int]:
         """The record indices this rank runs in a pass (all of them on one process)."""
