@@ -562,12 +562,12 @@ def score_dry_run(
         batch_size=batch_size, allow_overlap=allow_overlap, receipt_key=receipt_key, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
+    from ucan_cli.io.tokenize import batch_order
     from ucan_cli.runtime.models import has_weights
 
     batch_size = fixed_batch_size(batch_size, device)  # auto: the probe times its start size
     everything = prep.forget_encoded + prep.retain_encoded
-    longest = sorted(range(len(everything)), key=lambda i: -len(everything[i].input_ids))[:batch_size]
-    probe = [everything[i] for i in longest]
+    probe = [everything[i] for i in batch_order(everything)[:batch_size]]  # the first batch of a pass: the longest
     probe_positions = _padded_tokens(probe, batch_size)
     total_positions = _padded_tokens(prep.forget_encoded, batch_size) + _padded_tokens(prep.retain_encoded, batch_size)
     spec = LoadSpec.merge(load, device=device, dtype=dtype)
