@@ -190,6 +190,36 @@ def test_with_a_score_file_the_search_measures_the_records_the_statistics_saw(wo
     assert search["record_passes"] == (LADDER_STEPS + 1) * (10 + 18)
 
 
+def test_without_a_score_file_the_base_loads_once_and_measures_the_same(world, monkeypatch):
+    """Without --scores the statistics pass loads the base; the search reuses that model (adapter
+    detached) instead of loading it again, and measures exactly what a fresh load measures."""
+    import ucan_cli.runtime.models as models
+
+    calls = []
+    real = models.load_base_model
+
+    def counting(*args, **kwargs):
+        calls.append(args[0] if args else kwargs.get("spec"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_base_model", counting)
+    direct = world["root"] / "direct"
+    res = invoke("attenuate", *world["common"], "--unit", "direction", "--token-scope", "all", "--gate", "none", "--strength", "1",
+                 "--retain-kl", "1e9", "--accept-weak", "-o", direct)
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 1, calls  # the statistics pass's load; the search used the same model
+    via_scores = world["root"] / "via-scores"
+    res = _search(world, via_scores, 1e9)  # the score file's statistics: the search loads the base itself
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 2
+    a, b = (json.loads((d / "ucan_report.json").read_text())["summary"]["strength_search"]["candidates"] for d in (direct, via_scores))
+    assert [c["strength"] for c in a] == [c["strength"] for c in b]
+    for x, y in zip(a, b):
+        assert x["retain_kl"] == pytest.approx(y["retain_kl"], rel=1e-6, abs=1e-12)
+        assert x["forget_kl"] == pytest.approx(y["forget_kl"], rel=1e-6, abs=1e-12)
+    assert sha(direct / "adapter_model.safetensors") == sha(via_scores / "adapter_model.safetensors")
+
+
 def test_edits_at_many_strengths_solve_each_module_once(monkeypatch):
     """The search edits at up to ten strengths from one statistics object: the eigen solve and
     lambda0 (independent of gate and strength) are computed once per module and shrinkage, and

@@ -314,6 +314,7 @@ def attenuate(
     # ---------------------------------------------------------------- statistics (step 1)
     score_meta: dict = dict(meta or {})
     statistics_from = "score file"
+    loaded = None
     if stats is None:
         from ucan_cli.flows.score import score as run_score
 
@@ -322,9 +323,10 @@ def attenuate(
             max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
             batch_size=batch_size, device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress, cache_dir=cache_dir, load=load,
-            max_batch_tokens=max_batch_tokens,
+            max_batch_tokens=max_batch_tokens, keep_model=params.retain_kl is not None,
         )
         stats, score_meta, statistics_from = run.stats, dict(run.meta), run.statistics_from
+        loaded = run.model  # the search below reuses the model the passes loaded (None: it loads its own)
         warnings += [w for w in run.warnings if w.startswith("statistics cache")]
     lap("statistics")
 
@@ -362,7 +364,7 @@ def attenuate(
             retain_max_samples=made["retain_max_samples"], seed=made["seed"], allow_overlap=allow_overlap,
         )
         search = search_strength(
-            chosen, source, stats, params, base=base, forget_set=measured_forget, retain_set=measured_retain,
+            chosen, source, stats, params, base=loaded or base, forget_set=measured_forget, retain_set=measured_retain,
             template=made["template"], max_length=made["max_length"], batch_size=batch_size, max_batch_tokens=max_batch_tokens,
             seed=seed, load=load, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
         )

@@ -47,6 +47,9 @@ class ScoreRun:
         warnings: things the user should know (adapter warnings, truncation).
         statistics_from: ``"forward pass"``, or ``"cache"`` when the statistics cache had them
             (``cache_dir``; then no model weight loaded).
+        model: with ``keep_model``, the ``(model, tokenizer)`` this run loaded for its passes, the
+            adapter detached (None when the statistics came from the cache or the caller gave the
+            model).
     """
 
     stats: Statistics
@@ -57,6 +60,7 @@ class ScoreRun:
     overview: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     statistics_from: str = "forward pass"
+    model: tuple | None = None
 
 
 @dataclass
@@ -362,6 +366,7 @@ def score(
     cache_dir: str | Path | None = None,
     load=None,
     max_batch_tokens: int | None = None,
+    keep_model: bool = False,
 ) -> ScoreRun:
     """U-CAN steps 1-5: statistics on D_f and D_r, then risk, utility, fusion, budget, factors.
 
@@ -392,6 +397,9 @@ def score(
             ``--load-in-8bit``) instead of ``device`` and ``dtype``; a quantized or device-mapped
             load is part of the cache key and recorded in ``meta["load"]``.
         max_batch_tokens: at most this many padded tokens (rows x longest row) per batch.
+        keep_model: keep the base model this run loads (the adapter detached) in ``ScoreRun.model``
+            for a caller that needs it next (``attenuate --retain-kl``'s search), instead of
+            loading it twice.
 
     Under a launcher (torchrun; ``runtime.distributed``) every rank runs its share of the batches
     and ends with the sums of all of them: the statistics (and the result) of the one-process run.
@@ -412,7 +420,7 @@ def score(
     )
     load = LoadSpec.merge(load, device=device, dtype=dtype)
     ranks = current_ranks()
-    stats, cache, key, document = None, None, None, None
+    stats, cache, key, document, kept = None, None, None, None, None
     if cache_dir is not None:
         stats, cache, key, document = _cached_statistics(prep, cache_dir, template=template, load=load, batch_size=batch_size,
                                                          max_batch_tokens=max_batch_tokens)
@@ -426,6 +434,8 @@ def score(
             stats = _collect(model, prep, prep.forget_encoded, prep.retain_encoded, prep.halves, params, token_scope, batcher, progress)
             prep.meta["batch"] = batcher.meta()
             prep.timings["passes_s"] = time.perf_counter() - t1
+            if keep_model and not prep.user_model:  # a caller's model is restored by adapted_model itself
+                kept = (model.unload(), prep.tokenizer)
         if cache is not None and ranks.main:
             entry = {"dtype": prep.meta["dtype"], "device_type": prep.meta["device_type"], "batch": prep.meta["batch"],
                      "cache_document": document}
@@ -455,7 +465,7 @@ def score(
     meta["summary"] = result.summary() if result is not None else nothing.details
     return ScoreRun(
         stats=stats, result=result, meta=meta, nothing_to_do=nothing, timings=prep.timings, overview=overview,
-        warnings=prep.warnings, statistics_from=statistics_from,
+        warnings=prep.warnings, statistics_from=statistics_from, model=kept,
     )
 
 
