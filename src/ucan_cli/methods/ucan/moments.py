@@ -28,7 +28,7 @@ import torch
 from ucan_cli.errors import InputError, UcanRuntimeError
 from ucan_cli.io.adapter import LoraAdapter
 from ucan_cli.io.tokenize import Encoded
-from ucan_cli.methods.ucan.statistics import run_passes
+from ucan_cli.methods.ucan.statistics import BatchCounts, run_passes
 from ucan_cli.progress import ProgressFactory, or_null
 from ucan_cli.runtime.batching import Batcher
 from ucan_cli.runtime.models import model_device
@@ -138,13 +138,11 @@ class _MomentAccumulator:
     def __init__(self, n_groups: int, widths: list[int], device: torch.device):
         self.device = device
         self.sums = [torch.zeros(n_groups, d, d, dtype=torch.float64, device=device) for d in widths]
-        self.tokens = np.zeros(n_groups)
-        self.n_records = np.zeros(n_groups)
+        self.counts = BatchCounts(n_groups)
         self.x: list[torch.Tensor | None] = [None] * len(widths)
         self.calls = [0] * len(widths)
         self.flat_idx = self.token_weights = None
         self.positions = 0
-        self.pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def send(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device)
@@ -154,9 +152,7 @@ class _MomentAccumulator:
         rows, width = mask.shape
         self.positions = rows * width
         flat_idx = mask.reshape(-1).nonzero().squeeze(1)
-        counts = mask.sum(dim=1).to(torch.float64)
-        groups = groups * (counts > 0).to(torch.float64)[None, :]
-        self.pending = ((groups @ counts).numpy(), groups.sum(dim=1).numpy())  # committed by reduce
+        groups, _ = self.counts.stage(mask, groups)  # committed by reduce
         self.flat_idx = flat_idx.to(self.device)
         self.token_weights = groups[:, flat_idx // width].to(self.device)  # (G, n_tok)
         self.x = [None] * len(self.x)
@@ -192,10 +188,7 @@ class _MomentAccumulator:
                 f"memory ran short while adding a batch to the second moments (LoRA module #{touched} had taken it), "
                 "so the batch cannot be retried: lower --max-memory (fewer modules per pass) or --batch-size"
             ) from exc
-        tokens, records = self.pending
-        self.tokens += tokens
-        self.n_records += records
-        self.pending = None
+        self.counts.commit()
         self.x = [None] * len(self.x)
 
     @staticmethod
@@ -206,15 +199,14 @@ class _MomentAccumulator:
     def drop_batch(self) -> None:
         """Forget the current batch (its inputs and staged counts), committed or not."""
         self.x = [None] * len(self.x)
-        self.pending = None
+        self.counts.drop()
 
     def merge_ranks(self, ranks) -> None:
         """Sum the moments and counts over the ranks of a launcher (``runtime.distributed``)."""
         if ranks.active:
             for sums in self.sums:
                 ranks.sum_(sums)
-            self.tokens = ranks.sum_array(self.tokens)
-            self.n_records = ranks.sum_array(self.n_records)
+            self.counts.merge_ranks(ranks)
 
 
 def _stream(model, layers, adapter_name, encoded, groups, *, widths, progress, description, **batching):
@@ -269,9 +261,9 @@ def collect_moments(
                     sums["forget"][i] = f_acc.sums[j][0].cpu().numpy()
                     for k, name in enumerate(("retain", "half_a", "half_b")):
                         sums[name][i] = r_acc.sums[j][k].cpu().numpy()
-                counts["forget"] = (float(f_acc.tokens[0]), int(round(f_acc.n_records[0])))
+                counts["forget"] = (float(f_acc.counts.tokens[0]), int(round(f_acc.counts.n_records[0])))
                 for k, name in enumerate(("retain", "half_a", "half_b")):
-                    counts[name] = (float(r_acc.tokens[k]), int(round(r_acc.n_records[k])))
+                    counts[name] = (float(r_acc.counts.tokens[k]), int(round(r_acc.counts.n_records[k])))
     finally:
         model.train(was_training)
     if not groups:

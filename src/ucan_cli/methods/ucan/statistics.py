@@ -208,6 +208,40 @@ def _blocks(adapter: LoraAdapter, unit: str, device: torch.device) -> tuple[list
     return blocks, sizes
 
 
+class BatchCounts:
+    """Scoped-token and record counts per group of records, staged with each batch and committed
+    only with its sums, so that a batch retried after an out-of-memory never counts twice. Both
+    accumulators (these unit statistics and ``moments``' second moments) keep their counts here."""
+
+    def __init__(self, n_groups: int):
+        self.tokens = np.zeros(n_groups)
+        self.n_records = np.zeros(n_groups)
+        self.pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    def stage(self, mask: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage one batch: ``mask`` (B, T) bool scoped tokens, ``groups`` (G, B) float64 membership.
+        Returns (the membership with records that have no scoped token dropped, (B,) float64 scoped
+        tokens per record)."""
+        counts = mask.sum(dim=1).to(torch.float64)
+        groups = groups * (counts > 0).to(torch.float64)[None, :]
+        self.pending = ((groups @ counts).numpy(), groups.sum(dim=1).numpy())
+        return groups, counts
+
+    def commit(self) -> None:
+        tokens, records = self.pending
+        self.tokens += tokens
+        self.n_records += records
+        self.pending = None
+
+    def drop(self) -> None:
+        self.pending = None
+
+    def merge_ranks(self, ranks) -> None:
+        """Sum the counts over the ranks of a launcher (``runtime.distributed``)."""
+        self.tokens = ranks.sum_array(self.tokens)
+        self.n_records = ranks.sum_array(self.n_records)
+
+
 class _Accumulator:
     """Float64 per-unit sums for G groups of records (forget: 1 group; retain: whole + halves).
 
@@ -225,15 +259,13 @@ class _Accumulator:
     def __init__(self, n_groups: int, n_units: int, n_modules: int, device: torch.device):
         self.device = device
         self.sums = torch.zeros(n_groups, 4, n_units, dtype=torch.float64, device=device)
-        self.tokens = np.zeros(n_groups)
-        self.n_records = np.zeros(n_groups)
+        self.counts = BatchCounts(n_groups)
         self.z: list[torch.Tensor | None] = [None] * n_modules
         self.calls = [0] * n_modules
         # per-batch state, set by begin_batch
         self.flat_idx = self.onehot = self.inv_counts = self.groups = self.mask = None
         self.shape: tuple[int, int] = (0, 0)
         self.n_tok = 0
-        self.pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def send(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -246,9 +278,7 @@ class _Accumulator:
         self.shape = (rows, width)
         flat_idx = mask.reshape(-1).nonzero().squeeze(1)
         onehot = (torch.arange(rows)[:, None] == (flat_idx // width)[None, :]).to(torch.float64)
-        counts = mask.sum(dim=1).to(torch.float64)
-        groups = groups * (counts > 0).to(torch.float64)[None, :]
-        self.pending = ((groups @ counts).numpy(), groups.sum(dim=1).numpy())  # committed by reduce
+        groups, counts = self.counts.stage(mask, groups)  # committed by reduce
         self.n_tok = int(flat_idx.numel())
         self.flat_idx = self.send(flat_idx)
         self.onehot = self.send(onehot)
@@ -331,23 +361,19 @@ class _Accumulator:
             updates += [(offset, d, per_group[j]) for j, offset in enumerate(block.offsets)]
         for offset, d, part in updates:
             self.sums[:, :, offset : offset + d] += part
-        tokens, records = self.pending
-        self.tokens += tokens
-        self.n_records += records
-        self.pending = None
+        self.counts.commit()
         self.z = [None] * len(self.z)
 
     def drop_batch(self) -> None:
         """Forget the current batch (its activations and staged counts), committed or not."""
         self.z = [None] * len(self.z)
-        self.pending = None
+        self.counts.drop()
 
     def merge_ranks(self, ranks) -> None:
         """Sum the sums and counts over the ranks of a launcher (``runtime.distributed``)."""
         if ranks.active:
             ranks.sum_(self.sums)
-            self.tokens = ranks.sum_array(self.tokens)
-            self.n_records = ranks.sum_array(self.n_records)
+            self.counts.merge_ranks(ranks)
 
     def set_stats(self, g: int) -> SetStats:
         sums = self.sums[g].cpu().numpy()
@@ -355,10 +381,10 @@ class _Accumulator:
         return SetStats(
             sum_abs=sums[0],
             sum_sq=sums[1],
-            tokens=np.full(n, float(self.tokens[g])),
+            tokens=np.full(n, float(self.counts.tokens[g])),
             rec_sum=sums[2],
             rec_sumsq=sums[3],
-            n_records=int(round(float(self.n_records[g]))),
+            n_records=int(round(float(self.counts.n_records[g]))),
         )
 
 
