@@ -197,17 +197,16 @@ def scores_name(unit: str) -> str:
     return SCORES if unit == "output" else f"scores-{unit}.safetensors"
 
 
-def _forget_recall_at_5(base, adapter_dir: Path, forget, *, template, max_length, max_samples, seed, batch_size, device, dtype, allow_pickle,
-                        trust_remote_code, load=None) -> tuple[float, int]:
-    """Forget Recall@5 of one written adapter (the equal-forgetting target) and the passes it cost."""
+def _forget_recall_at_5(base, adapter_dir: Path, forget, *, template, max_length, max_samples, seed, batch_size, allow_pickle,
+                        trust_remote_code, load) -> tuple[float, int]:
+    """Forget Recall@5 of one written adapter (the equal-forgetting target) and the passes it cost
+    (``load``: the comparison's ``runtime.load.LoadSpec``, which gives the device and dtype)."""
     from ucan_cli.flows.model_inputs import measure
     from ucan_cli.io.data import read_records
-    from ucan_cli.runtime.models import attach_adapter, load_base_model, load_tokenizer, resolve_device, resolve_dtype
+    from ucan_cli.runtime.models import attach_adapter, load_base_model, load_tokenizer
 
-    device_ = resolve_device(device)
     tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
-    model = load_base_model(base, device=device_, dtype=resolve_dtype(dtype, device_), trust_remote_code=trust_remote_code,
-                            allow_pickle=allow_pickle, load=load)
+    model = load_base_model(base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, load=load)
     peft = attach_adapter(model, adapter_dir)
     records = read_records(forget, "forget").sample(max_samples, seed)  # the records the methods' --until checks read
     metrics, cost = measure(peft, tokenizer, records, template=template, max_length=max_length, batch_size=batch_size, ks=(5,))
@@ -393,7 +392,7 @@ def compare(
                 warnings.append("equal forgetting skipped: U-CAN wrote no adapter here (declined or not compared), so there is no forgetting to match")
             else:
                 value, spent = _forget_recall_at_5(base, tmp / ucan_row["adapter"], forget, template=template, max_length=max_length,
-                                                   max_samples=max_samples, seed=seed, batch_size=batch_size, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                                                   max_samples=max_samples, seed=seed, batch_size=batch_size, allow_pickle=allow_pickle,
                                                    trust_remote_code=trust_remote_code, load=load)
                 target = {"metric": "forget.recall@5", "value": value, "forward_equivalents": spent, "row": ucan_row["label"]}
                 seen = set()
