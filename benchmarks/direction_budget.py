@@ -37,17 +37,14 @@ the others. Torch on one thread.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import (  # noqa: E402
-    evaluate_dirs, fmt, json_ready, metrics_of, objective, open_bench, paired_differences, resolve_world,
+    evaluate_dirs, fmt, metrics_of, objective, open_bench, over_worlds, paired_differences, resolve_world, world_parser, write_json,
 )
 
 MUS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
@@ -329,27 +326,19 @@ def print_summary(s: dict, worlds: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", nargs="+", default=["group:0", "group:1", "group:2"],
-                        help="kind:seed from the demo cache, or world directories (e.g. the width study's)")
-    parser.add_argument("--out", default=None, help="write every number as JSON here")
-    parser.add_argument("--quick", action="store_true", help="the small world, a tiny grid (a smoke run)")
+    parser = world_parser(__doc__, "the small world, a tiny grid (a smoke run)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     size = "small" if args.quick else "default"
     grids = QUICK if args.quick else {"mus": MUS, "probes": PROBES, "budgets": BUDGETS}
-    worlds = []
-    for spec in (["group:0"] if args.quick else args.worlds):
-        with tempfile.TemporaryDirectory(prefix="ucan-budget-") as tmp:
-            worlds.append(run_world(spec, size, Path(tmp), grids))
-        print_world(worlds[-1])
-        sys.stdout.flush()
+    worlds = over_worlds(["group:0"] if args.quick else args.worlds, lambda spec, work: run_world(spec, size, work, grids),
+                         print_world, prefix="ucan-budget-")
     s = summary(worlds, grids["budgets"])
     print_summary(s, worlds)
     if args.out:
-        Path(args.out).write_text(json.dumps(json_ready({"worlds": worlds, "summary": s}), indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, {"worlds": worlds, "summary": s})
     return 0
 
 

@@ -273,6 +273,38 @@ def json_ready(x: Any) -> Any:
     return x
 
 
+def world_parser(doc: str, quick: str):
+    """The argument parser of a script run over worlds: ``--worlds`` (default group seeds 0-2),
+    ``--out`` JSON and ``--quick`` (``quick``: what the smoke run does)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--worlds", nargs="+", default=["group:0", "group:1", "group:2"],
+                        help="kind:seed from the demo cache, or world directories (e.g. the width study's)")
+    parser.add_argument("--out", default=None, help="write every number as JSON here")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    return parser
+
+
+def over_worlds(specs: Sequence[str], run, show, *, prefix: str) -> list[dict]:
+    """``run(spec, work)`` for each world spec, each in a fresh temporary work dir (deleted after),
+    ``show(result)`` as soon as each ends (flushed: long runs print per world)."""
+    import tempfile
+
+    worlds = []
+    for spec in specs:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            worlds.append(run(spec, Path(tmp)))
+        show(worlds[-1])
+        sys.stdout.flush()
+    return worlds
+
+
+def write_json(path: str | Path, doc: Any) -> None:
+    """``doc`` as indented JSON (``json_ready``) at ``path``."""
+    Path(path).write_text(json.dumps(json_ready(doc), indent=2) + "\n", encoding="utf-8")
+
+
 def world_facts(bench: Bench) -> dict:
     """What the JSON records about the world (its key pins the generator and builder code)."""
     from ucan_cli.io.adapter import sha256_file
