@@ -191,7 +191,8 @@ def test_python_api_exports_are_lazy_and_real():
 
 
 def test_method_options_are_generated_from_the_parameter_dataclasses():
-    """attenuate takes every U-CAN option and score all but those that measure an edit (--retain-kl),
+    """attenuate takes every U-CAN option and score all but those that measure an edit (--retain-kl,
+    --keep-retain),
     in CLI order, where the command placed them; demo only --ratio."""
     import inspect
 
@@ -201,7 +202,7 @@ def test_method_options_are_generated_from_the_parameter_dataclasses():
     from ucan_cli.methods.ucan.params import ATTENUATE_ONLY, FLAGS, option_fields
 
     names = [f.name for f in option_fields()]
-    assert names[:3] == ["unit", "token_scope", "halves"] and FLAGS == {"lam": "--lambda"} and ATTENUATE_ONLY == ("retain_kl",)
+    assert names[:3] == ["unit", "token_scope", "halves"] and FLAGS == {"lam": "--lambda"} and ATTENUATE_ONLY == ("retain_kl", "keep_retain")
     for command, after, expected in ((score, "retain", [n for n in names if n not in ATTENUATE_ONLY]), (attenuate, "method", names)):
         params = list(inspect.signature(command).parameters.values())
         start = [p.name for p in params].index(after) + 1

@@ -314,30 +314,39 @@ def test_direction_units_get_their_own_statistics_pass(world, tmp_path):
     else:
         assert rows["ucan-direction"]["reason"]
 
-def test_a_direction_strength_search_gets_the_model_and_counts_its_passes(world, tmp_path):
-    """`--set ucan-direction.retain-kl=...`: the row's attenuate gets the base and the retain set for
-    the search, and its cost adds the search's record passes (8 candidates and the original over
-    D_f + D_r) to the shared statistics pass."""
+@pytest.mark.parametrize("limit", ["retain-kl=1e9", "keep-retain=0.01"])
+def test_a_direction_strength_search_gets_the_model_and_counts_its_passes(world, tmp_path, limit):
+    """`--set ucan-direction.retain-kl=...` (or `keep-retain`): the row's attenuate gets the base and
+    the retain set for the search, and its cost adds the search's record passes (8 candidates and
+    the original over D_f + D_r) to the shared statistics pass."""
     from ucan_cli.flows.compare import compare
 
-    # the forget set answers with item words, the retain set with other words (5 response tokens a
-    # record, no candidates: full-vocabulary KL): separable along input directions at the response
-    forget, retain = (
-        write_jsonl(tmp_path / f"{name}.jsonl", [
-            {k: v for k, v in r.items() if k != "candidates"} | {"output": " ".join(random.Random(i).sample(words, 5))}
-            for i, r in enumerate(make_records(n, seed=seed, user_offset=offset))
-        ])
-        for name, n, seed, offset, words in (("forget", 20, 8, 400, ITEMS), ("retain", 80, 9, 500, WORDS))
-    )
+    # the forget set answers with item words, the retain set with other words: separable along input
+    # directions at the response. The forget records have 5 response tokens and no candidates
+    # (full-vocabulary KL); --keep-retain ranks the retain set's candidates (2 words, one the answer:
+    # a candidate costs a pass)
+    def retain_record(i, r):
+        if limit.startswith("retain-kl"):
+            return {k: v for k, v in r.items() if k != "candidates"} | {"output": " ".join(random.Random(i).sample(WORDS, 5))}
+        candidates = random.Random(i).sample(WORDS, 2)
+        return r | {"output": candidates[0], "candidates": candidates}
+
+    n_forget, n_retain = (20, 80) if limit.startswith("retain-kl") else (10, 40)  # candidates cost passes: fewer records
+    forget = write_jsonl(tmp_path / "forget.jsonl", [
+        {k: v for k, v in r.items() if k != "candidates"} | {"output": " ".join(random.Random(i).sample(ITEMS, 5))}
+        for i, r in enumerate(make_records(n_forget, seed=8, user_offset=400))
+    ])
+    retain = write_jsonl(tmp_path / "retain.jsonl", [retain_record(i, r) for i, r in enumerate(make_records(n_retain, seed=9, user_offset=500))])
     run = compare(world["base"], world["adapter"], forget, retain, None, tmp_path / "out",
-                  methods=["ucan-direction"], settings=["ucan-direction.gate=none", "ucan-direction.retain-kl=1e9"],
+                  methods=["ucan-direction"], settings=["ucan-direction.gate=none", f"ucan-direction.{limit}"],
                   receipt_key=world["key"], batch_size=4, accept_weak=True, equal_forgetting=False)
     row = run.document["rows"][0]
     assert row["status"] == "ok", row["reason"]
     report = json.loads((tmp_path / "out" / row["adapter"] / "ucan_report.json").read_text())
     search = report["summary"]["strength_search"]
-    assert search["chosen_strength"] == 1.0 and search["record_passes"] == 9 * (20 + 80)
-    assert row["forward_equivalents"] == 100 + 9 * 100 and row["cost"] == {"statistics": 100, "strength_search": 900}
+    n = n_forget + n_retain
+    assert search["chosen_strength"] == 1.0 and search["record_passes"] == 9 * n
+    assert row["forward_equivalents"] == n + 9 * n and row["cost"] == {"statistics": n, "strength_search": 9 * n}
 
 
 def _row(label, forget_r5, retain_ndcg, mia, *, method=None, fwd=100, ref=(0.2, 0.3)):

@@ -1,9 +1,9 @@
-"""``attenuate --unit direction --retain-kl``: the strength chosen by measuring the ladder's edits.
+"""``attenuate --unit direction --retain-kl`` / ``--keep-retain``: the strength chosen by measuring the ladder's edits.
 
 The ladder and the choice are pure (hand-checked values); through the CLI the search measures every
-candidate with the evaluation's own code, so the chosen candidate's retain KL must be what
-``ucan eval`` reports for the written adapter, the written A must be the closed form at the chosen
-strength, and bad requests exit 2 (or 4) with nothing written."""
+candidate with the evaluation's own code, so the chosen candidate's retain KL (or retain NDCG@10
+share) must be what ``ucan eval`` reports for the written adapter, the written A must be the closed
+form at the chosen strength, and bad requests exit 2 (or 4) with nothing written."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from conftest import make_records, write_jsonl
 from ucan_cli.cli import app
 from ucan_cli.methods.ucan import directions as dmath
-from ucan_cli.methods.ucan.strength import LADDER_STEPS, choose, ladder, midpoint
+from ucan_cli.methods.ucan.strength import LADDER_STEPS, Limit, choose, ladder, midpoint
 
 runner = CliRunner()
 KEY = "e" * 32
@@ -51,16 +51,48 @@ def test_the_ladder_halves_down_from_the_strength_and_bisects_geometrically():
 
 def test_choose_takes_the_largest_strength_within_the_budget():
     strengths = [1.0, 0.5, 0.25, 0.125]
-    assert choose(strengths, [0.9, 0.3, 0.1, 0.05], 0.3) == 1  # 0.3 <= 0.3: within
-    assert choose(strengths, [0.9, 0.31, 0.1, 0.05], 0.3) == 2
-    assert choose(strengths, [0.9, 0.31, 0.1, 0.05], 1.0) == 0
+    kl = Limit("retain_kl", 0.3)
+    assert choose(strengths, [0.9, 0.3, 0.1, 0.05], kl) == 1  # 0.3 <= 0.3: within
+    assert choose(strengths, [0.9, 0.31, 0.1, 0.05], kl) == 2
+    assert choose(strengths, [0.9, 0.31, 0.1, 0.05], Limit("retain_kl", 1.0)) == 0
     # not monotone: the largest strength within wins, whatever its neighbours measured
-    assert choose(strengths, [0.2, 0.5, 0.1, 0.05], 0.3) == 0
+    assert choose(strengths, [0.2, 0.5, 0.1, 0.05], kl) == 0
     # unmeasured (None) and NaN count as over the budget
-    assert choose(strengths, [None, math.nan, 0.1, 0.05], 0.3) == 2
-    assert choose(strengths, [0.9, 0.8, 0.7, 0.6], 0.3) is None
+    assert choose(strengths, [None, math.nan, 0.1, 0.05], kl) == 2
+    assert choose(strengths, [0.9, 0.8, 0.7, 0.6], kl) is None
     with pytest.raises(ValueError):
-        choose(strengths, [0.1], 0.3)
+        choose(strengths, [0.1], kl)
+
+
+def test_keep_retain_is_a_lower_limit_on_the_retain_ndcg_share():
+    strengths = [1.0, 0.5, 0.25, 0.125]
+    keep = Limit("keep_retain", 0.95)
+    assert keep.measure == "retain_ndcg@10_share" and keep.flag == "--keep-retain"
+    assert choose(strengths, [0.90, 0.95, 0.97, 1.0], keep) == 1  # 0.95 >= 0.95: within
+    assert choose(strengths, [0.90, 0.9499, 0.97, 1.0], keep) == 2
+    assert choose(strengths, [0.96, 0.90, 0.97, 1.0], keep) == 0  # the largest within, not the first run of them
+    assert choose(strengths, [None, math.nan, 0.96, 1.0], keep) == 2
+    assert choose(strengths, [0.5, 0.6, 0.7, 0.8], keep) is None
+    assert keep.within({"retain_ndcg@10_share": 0.95, "retain_kl": 99.0}) and not keep.within({"retain_ndcg@10_share": None})
+    assert Limit("retain_kl", 0.2).within({"retain_kl": 0.2, "retain_ndcg@10_share": 0.0})
+
+
+def test_the_options_name_the_search_and_exclude_each_other():
+    from ucan_cli.errors import InputError
+    from ucan_cli.methods.ucan.params import MethodParams, params_from_options
+
+    assert MethodParams(unit="direction").strength_search is None
+    assert Limit.of(MethodParams(unit="direction")) is None
+    assert Limit.of(MethodParams(unit="direction", retain_kl=0.2)) == Limit("retain_kl", 0.2)
+    params = params_from_options(MethodParams(unit="direction"), keep_retain=0.95)
+    assert params.strength_search == "--keep-retain" and Limit.of(params) == Limit("keep_retain", 0.95)
+    # one given on top of a base with the other (a score file's, a config's) replaces it
+    assert params_from_options(params, retain_kl=0.1).keep_retain is None
+    for bad in ({"retain_kl": 0.1, "keep_retain": 0.9}, {"keep_retain": 0.0}, {"keep_retain": 1.5}, {"keep_retain": math.nan}):
+        with pytest.raises(InputError, match="keep-retain"):
+            params_from_options(MethodParams(unit="direction"), **bad)
+    with pytest.raises(InputError, match="--strength"):
+        MethodParams(unit="direction", strength=0.0, keep_retain=0.9).validate()
 
 
 # ------------------------------------------------------------------------------------ through the CLI
@@ -83,21 +115,28 @@ def world(tmp_path_factory, tiny_models, adapters):
     return {"root": root, "base": base, "adapter": adapter, "forget": forget, "retain": retain, "common": common, "scores": scores}
 
 
+@pytest.fixture(scope="module")
+def top_run(world):
+    """The score file's search with a budget nothing exceeds: every ladder candidate measured, the top chosen."""
+    out = world["root"] / "all"
+    res = _search(world, out, 1e9)
+    assert res.exit_code == 0, res.output
+    return out
+
+
 def _search(world, out: Path, budget: float, *extra):
     res = invoke("attenuate", *world["common"], "--scores", world["scores"], "--gate", "none", "--strength", "1",
                  "--retain-kl", budget, "--accept-weak", "-o", out, *extra)
     return res
 
 
-def test_the_search_chooses_the_largest_strength_within_the_budget_and_eval_agrees(world):
+def test_the_search_chooses_the_largest_strength_within_the_budget_and_eval_agrees(world, top_run):
     from ucan_cli.io.adapter import LoraAdapter
     from ucan_cli.methods.ucan.scorefile import load_score_file
 
     before = sha(world["adapter"] / "adapter_model.safetensors")
     # a budget nothing exceeds: the top of the ladder; every candidate measured
-    res = _search(world, world["root"] / "all", 1e9)
-    assert res.exit_code == 0, res.output
-    search = json.loads((world["root"] / "all" / "ucan_report.json").read_text())["summary"]["strength_search"]
+    search = json.loads((top_run / "ucan_report.json").read_text())["summary"]["strength_search"]
     cands = search["candidates"]
     assert [c["strength"] for c in cands] == ladder(1.0) and search["chosen_strength"] == 1.0  # the top: nothing to refine
     assert {c["stage"] for c in cands} == {"ladder"}
@@ -151,16 +190,78 @@ def test_the_search_chooses_the_largest_strength_within_the_budget_and_eval_agre
     assert sha(world["adapter"] / "adapter_model.safetensors") == before  # the input adapter is only read
 
 
+def test_keep_retain_chooses_by_the_retain_ndcg_share_and_eval_agrees(world):
+    """--keep-retain: the ladder's retain NDCG@10 shares (over the original's) decide; the written
+    adapter's share in `ucan eval` is the chosen candidate's."""
+    def run(out, share):
+        res = invoke("attenuate", *world["common"], "--scores", world["scores"], "--gate", "none", "--strength", TOP,
+                     "--keep-retain", share, "--accept-weak", "-o", out)
+        assert res.exit_code == 0, res.output
+        return res, json.loads((out / "ucan_report.json").read_text())
+
+    TOP = 16.0  # this tiny adapter's retain ranking moves only from strength 8 up
+    _, report = run(world["root"] / "keep-all", 0.01)  # every candidate keeps 1% of it: the top, no bisection
+    search = report["summary"]["strength_search"]
+    assert search["limit"] == "keep_retain" and search["keep_retain"] == 0.01 and search["retain_kl_budget"] is None
+    cands = search["candidates"]
+    assert [c["strength"] for c in cands] == ladder(TOP) and search["chosen_strength"] == TOP
+    shares = [c["retain_ndcg@10_share"] for c in cands]
+    original = search["original_retain_ndcg@10"]
+    for c in cands:
+        assert c["retain_ndcg@10_share"] == pytest.approx(c["retain_ndcg@10"] / original, rel=1e-12)
+    assert shares[0] < 1.0 and shares[-1] > shares[0]  # the strongest edit costs this adapter some retain utility
+
+    share = sorted(set(shares))[len(set(shares)) // 2]  # a share some candidates keep and the strongest does not
+    out = world["root"] / "keep-mid"
+    res, report = run(out, share)
+    again = report["summary"]["strength_search"]
+    ladder_rows = sorted((c for c in again["candidates"] if c["stage"] == "ladder"), key=lambda c: -c["strength"])
+    assert [c["retain_ndcg@10_share"] for c in ladder_rows] == shares  # deterministic
+    keep = Limit("keep_retain", share)
+    pick = choose(ladder(TOP), shares, keep)
+    assert pick is not None and pick > 0
+    refine_rows = {c["strength"]: c for c in again["candidates"] if c["stage"] == "refine"}
+    low, high = ladder(TOP)[pick], ladder(TOP)[pick - 1]
+    for _ in range(2):
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if keep.within(refine_rows[mid]) else (low, mid)
+    expected = max(c["strength"] for c in again["candidates"] if keep.within(c))
+    assert again["chosen_strength"] == expected and expected >= low
+    assert "strength chosen by --keep-retain" in res.output
+    assert "## Strength search (--keep-retain" in (out / "ucan_report.md").read_text()
+
+    res = invoke("eval", "--base", world["base"], "--adapter", world["adapter"], "--unlearned", out, "--forget", world["forget"],
+                 "--retain", world["retain"], "--batch-size", "4", "--json")
+    assert res.exit_code == 0, res.output
+    results = json.loads(res.stdout)["results"]
+    chosen = next(c for c in again["candidates"] if c["strength"] == expected)
+    assert results["original"]["retain"]["ndcg@10"] == pytest.approx(original, rel=1e-6)
+    assert results["unlearned_1"]["retain"]["ndcg@10"] / results["original"]["retain"]["ndcg@10"] == pytest.approx(
+        chosen["retain_ndcg@10_share"], rel=1e-6)
+    assert chosen["retain_ndcg@10_share"] >= share
+
+
 def test_a_budget_nothing_meets_exits_4_and_writes_nothing(world):
     out = world["root"] / "tight"
     res = _search(world, out, 1e-12)
     assert res.exit_code == 4 and "--retain-kl" in res.output and not out.exists()
 
 
-@pytest.mark.parametrize("case", ["output-unit", "no-base", "zero", "score"])
+@pytest.mark.parametrize("case", ["output-unit", "no-base", "zero", "score", "both", "no-candidates"])
 def test_bad_retain_kl_requests_exit_2_and_write_nothing(world, case):
     out = world["root"] / f"bad-{case}"
-    if case == "output-unit":
+    if case == "both":
+        res = _search(world, out, 0.1, "--keep-retain", "0.9")
+        expected = "mutually exclusive"
+    elif case == "no-candidates":  # --keep-retain reads NDCG@10: refused before any weight loads
+        rows = make_records(20, seed=6, user_offset=100)
+        del rows[3]["candidates"], rows[3]["output"]
+        rows[3]["output"] = "anything"
+        bare = write_jsonl(world["root"] / "retain-bare.jsonl", rows)
+        res = invoke("attenuate", "--base", world["base"], "--adapter", world["adapter"], "--forget", world["forget"], "--retain", bare,
+                     "--receipt-key", world["root"] / "key", "--unit", "direction", "--keep-retain", "0.9", "-o", out)
+        expected = "retain-bare.jsonl:4: field 'candidates'"
+    elif case == "output-unit":
         res = invoke("attenuate", *world["common"], "--retain-kl", "0.1", "-o", out)
         expected = "--retain-kl"
     elif case == "no-base":
@@ -190,9 +291,10 @@ def test_with_a_score_file_the_search_measures_the_records_the_statistics_saw(wo
     assert search["record_passes"] == (LADDER_STEPS + 1) * (10 + 18)
 
 
-def test_without_a_score_file_the_base_loads_once_and_measures_the_same(world, monkeypatch):
+def test_without_a_score_file_the_base_loads_once_and_measures_the_same(world, top_run, monkeypatch):
     """Without --scores the statistics pass loads the base; the search reuses that model (adapter
-    detached) instead of loading it again, and measures exactly what a fresh load measures."""
+    detached) instead of loading it again, and measures exactly what the score file's search, which
+    loads the base itself, measures."""
     import ucan_cli.runtime.models as models
 
     calls = []
@@ -208,10 +310,7 @@ def test_without_a_score_file_the_base_loads_once_and_measures_the_same(world, m
                  "--retain-kl", "1e9", "--accept-weak", "-o", direct)
     assert res.exit_code == 0, res.output
     assert len(calls) == 1, calls  # the statistics pass's load; the search used the same model
-    via_scores = world["root"] / "via-scores"
-    res = _search(world, via_scores, 1e9)  # the score file's statistics: the search loads the base itself
-    assert res.exit_code == 0, res.output
-    assert len(calls) == 2
+    via_scores = top_run  # the score file's statistics (the same records and scope): the search loaded the base itself
     a, b = (json.loads((d / "ucan_report.json").read_text())["summary"]["strength_search"]["candidates"] for d in (direct, via_scores))
     assert [c["strength"] for c in a] == [c["strength"] for c in b]
     for x, y in zip(a, b):

@@ -129,7 +129,7 @@ def attenuate(
 
     With --scores no model loads: the score file's statistics are re-scored with the options given here (options not given keep the score file's values). A forget set already in the adapter's ledger is refused unless --force.
 
-    --unit direction --retain-kl NATS chooses the strength by measurement: of --strength, --strength/2, ..., --strength/128 the largest whose edit moves the retain set by at most NATS of retain KL (as ucan eval reports it), refined by two bisections towards the next larger; each candidate costs one forward pass over the forget and retain sets, and the report shows every candidate's retain and forget KL. Needs --base, --forget and --retain (also with --scores). Recommended for direction units: --gate none --strength 4 --retain-kl 0.2 (docs/results.md).
+    --unit direction --retain-kl NATS chooses the strength by measurement: of --strength, --strength/2, ..., --strength/128 the largest whose edit moves the retain set by at most NATS of retain KL (as ucan eval reports it), refined by two bisections towards the next larger; each candidate costs one forward pass over the forget and retain sets, and the report shows every candidate's retain and forget KL. Needs --base, --forget and --retain (also with --scores). --keep-retain SHARE is the same search with a limit on utility instead: the largest strength whose edit keeps the retain set's NDCG@10 at least SHARE x the original's (the retain records need candidates). Recommended for direction units: --gate none --strength 4 --keep-retain 0.95 (docs/results.md, "The frontier").
 
     Examples:
 
@@ -149,7 +149,7 @@ def attenuate(
 
       ucan attenuate --adapter ./adapter --forget f.jsonl --method negate -o ./adapter-negated
 
-      ucan attenuate --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --unit direction --gate none --strength 4 --retain-kl 0.2 -o ./adapter-dir
+      ucan attenuate --base ./base --adapter ./adapter --forget f.jsonl --retain r.jsonl --unit direction --gate none --strength 4 --keep-retain 0.95 -o ./adapter-dir
     """
     import shlex
     import sys

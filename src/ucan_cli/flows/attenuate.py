@@ -149,7 +149,7 @@ def attenuate(
         params: ``MethodParams``, or a mapping of method options (``unit``, ``lam``, ``t_risk``,
             ``min_gap``, ``ratio``, ``tau``, ``decay``, ``sharpness``, ``floor``,
             ``no_contrast``, ``no_utility``; direction units' ``gate``, ``strength``,
-            ``shrinkage``, ``max_memory``, ``retain_kl``) merged over the score file's parameters
+            ``shrinkage``, ``max_memory``, ``retain_kl``, ``keep_retain``) merged over the score file's parameters
             (with ``scores``) or the defaults. ``retain_kl`` chooses the strength by measuring
             the edits of the ladder below ``strength`` (``ucan_cli.flows.strength``; needs
             ``base``, ``forget`` and ``retain``); the report's ``summary.strength_search`` says
@@ -287,12 +287,15 @@ def attenuate(
             f"--unit {params.unit}: the score file holds {stats.unit}-unit statistics; run `ucan score --unit {params.unit}`"
         )
     scope = resolve_token_scope(token_scope, stats.scope if stats is not None else None)
-    if params.retain_kl is not None:  # the strength is measured (flows/strength.py): the model and both sets are needed
+    search_flag = params.strength_search
+    if search_flag:  # the strength is measured (flows/strength.py): the model and both sets are needed
         if params.unit != "direction":
-            raise InputError(f"--retain-kl: an option of --unit direction (this run uses --unit {params.unit})")
+            raise InputError(f"{search_flag}: an option of --unit direction (this run uses --unit {params.unit})")
         missing = [flag for flag, value in (("--base", base), ("--forget", forget), ("--retain", retain)) if value is None]
         if missing:
-            raise InputError(f"--retain-kl measures each candidate strength's edit: {', '.join(missing)} required")
+            raise InputError(f"{search_flag} measures each candidate strength's edit: {', '.join(missing)} required")
+        if params.keep_retain is not None:
+            _check_ranked(retain)
 
     # The forget receipt: from the forget file, else the one the score file carries.
     forget_sha256 = n_forget = forget_set = None
@@ -323,7 +326,7 @@ def attenuate(
             max_length=max_length, retain_max_samples=retain_max_samples, max_samples=max_samples, seed=seed,
             batch_size=batch_size, device=device, dtype=dtype, allow_overlap=allow_overlap, receipt_key=receipt_key,
             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress, cache_dir=cache_dir, load=load,
-            max_batch_tokens=max_batch_tokens, keep_model=params.retain_kl is not None,
+            max_batch_tokens=max_batch_tokens, keep_model=search_flag is not None,
         )
         stats, score_meta, statistics_from = run.stats, dict(run.meta), run.statistics_from
         loaded = run.model  # the search below reuses the model the passes loaded (None: it loads its own)
@@ -350,7 +353,7 @@ def attenuate(
             f"{verdict_of.sentence}: edited anyway (--accept-weak, recorded in the report and ledger); this edit "
             "may be noise rather than forgetting: check it with `ucan eval`, and retrain without these users to honour the request"
         )
-    if params.retain_kl is not None:  # measure the ladder below --strength, edit at the strength chosen
+    if search_flag:  # measure the ladder below --strength, edit at the strength chosen
         from ucan_cli.flows.score import sampled_sets
         from ucan_cli.flows.strength import search_strength
 
@@ -370,7 +373,8 @@ def attenuate(
         )
         lap("strength_search")
         measured = edit
-        edit = chosen.edit(source, stats, replace(params, strength=search.chosen, retain_kl=None), seed=seed, cumulative=cumulative)
+        edit = chosen.edit(source, stats, replace(params, strength=search.chosen, retain_kl=None, keep_retain=None), seed=seed,
+                           cumulative=cumulative)
         edit.summary.update(memory=measured.summary["memory"], strength_search=search.to_dict())
     changes = edit.changes
     if edit.adapter is source:
@@ -452,6 +456,19 @@ class _Common:
     force: bool
     dry_run: bool
     command_line: str | None
+
+
+def _check_ranked(retain) -> None:
+    """``--keep-retain`` reads the retain set's NDCG@10: every retain record needs candidates."""
+    from ucan_cli.io.data import RecordSet, read_records
+
+    records = retain if isinstance(retain, RecordSet) else read_records(retain, "retain")
+    bare = next((r for r in records if r.candidates is None), None)
+    if bare is not None:
+        raise InputError(
+            f"{records.path}:{bare.line}: field 'candidates' is missing; --keep-retain measures the retain set's NDCG@10, "
+            "which needs candidates on every record (or use --retain-kl)"
+        )
 
 
 def _verdict_doc(verdict) -> dict:

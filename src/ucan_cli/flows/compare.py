@@ -343,7 +343,7 @@ def compare(
             kwargs = dict(common)
             if uses_stats:  # the shared statistics pass of its unit: no model loads
                 kwargs.update(scores=scores_paths[unit_of(method)], accept_weak=accept_weak)
-                if config.options.get("retain_kl") is not None:  # direction units' strength search measures its candidates
+                if any(config.options.get(k) is not None for k in ("retain_kl", "keep_retain")):  # a strength search measures its candidates
                     kwargs.update(base=base, retain=retain)
             elif method.statistics != ADAPTER:  # an adapter method (negate) takes neither
                 kwargs.update(base=base, retain=retain)
@@ -369,7 +369,7 @@ def compare(
                 shared = stats_docs[unit_of(method)]
                 cost, parts, seconds = shared["forward_equivalents"], {"statistics": shared["forward_equivalents"]}, seconds + shared["seconds"]
                 search = (result.report["summary"].get("strength_search") or {}) if result is not None else {}
-                if search:  # --retain-kl: one forward pass per candidate and the original over D_f + D_r
+                if search:  # --retain-kl / --keep-retain: one forward pass per candidate and the original over D_f + D_r
                     cost, parts = cost + search["record_passes"], {**parts, "strength_search": search["record_passes"]}
                 peaks = {k: _max(v, shared[k]) if k != "peak_rss_scope" else v for k, v in peaks.items()}
             elif method.statistics == ADAPTER:

@@ -1,9 +1,9 @@
-"""``attenuate --unit direction --retain-kl NATS``: the strength chosen by measuring its edits.
+"""``attenuate --unit direction --retain-kl NATS | --keep-retain SHARE``: the strength chosen by measuring its edits.
 
 A fixed ``--strength`` costs a different share of the retain set's behaviour on every adapter: the
 retain cost of a given mu depends on the scale of the generalized eigenvalues, which changes with
 the world and the width (docs/results.md, "Direction units under a measured retain budget"). With
-``--retain-kl`` the strength is measured instead of guessed:
+``--retain-kl`` or ``--keep-retain`` the strength is measured instead of guessed:
 
 1. the candidates are ``--strength``, ``--strength / 2``, ..., ``--strength / 128``
    (``methods.ucan.strength.ladder``); each is the same solve from the same moments (no pass);
@@ -11,15 +11,17 @@ the world and the width (docs/results.md, "Direction units under a measured reta
    ``evaluation.run.evaluate`` call with the original, on the forget and retain records (the
    same sampled sets the statistics used): one forward pass over D_f and D_r per candidate,
    plus the original's;
-3. the largest candidate whose retain KL (the KL of the retain set's recommendations from the
-   original's, exactly what ``ucan eval`` reports as ``retain.kl``) is within the budget is
-   refined by two bisections towards the next larger one (one more evaluation each, with the
-   original: 2 x 2 passes); the strength used is the largest measured one within the budget
+3. the largest candidate within the limit (``methods.ucan.strength.Limit``: a retain KL, the KL
+   of the retain set's recommendations from the original's exactly as ``ucan eval`` reports
+   ``retain.kl``, of at most ``--retain-kl`` nats; or a retain NDCG@10 of at least
+   ``--keep-retain`` x the original's, as ``ucan eval`` reports ``retain.ndcg@10``) is refined by
+   two bisections towards the next larger one (one more evaluation each, with the original:
+   2 x 2 passes); the strength used is the largest measured one within the limit
    (``methods.ucan.strength.choose``); none within it is ``NothingToDo``.
 
-The report keeps every candidate's retain and forget KL (and forget Recall@5 where the records
-rank candidates): the curve of forgetting against retain cost that the choice was read from.
-Nothing here writes outside its temporary directory.
+The report keeps every candidate's retain KL, retain NDCG@10 and its share of the original's,
+forget KL and forget Recall@5 (where the records rank candidates): the curve of forgetting against
+retain cost that the choice was read from. Nothing here writes outside its temporary directory.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ucan_cli.errors import NothingToDo
+from ucan_cli.methods.ucan.strength import Limit
 
 
 @dataclass
@@ -38,24 +41,30 @@ class StrengthSearch:
     """What the search measured and chose.
 
     Attributes:
-        budget: the ``--retain-kl`` budget (nats).
+        limit: what a candidate must keep (``methods.ucan.strength.Limit``).
         candidates: one dict per measured strength, largest first: ``strength``, ``stage``
             (``ladder`` or ``refine``), ``edited`` (False when every factor rounds to 1 at that
-            strength: nothing to measure), ``retain_kl``, ``forget_kl``, ``forget_recall@5``
+            strength: nothing to measure), ``retain_kl``, ``retain_ndcg@10``,
+            ``retain_ndcg@10_share`` (over the original's), ``forget_kl``, ``forget_recall@5``
             (None where not measured or not defined).
-        chosen: the chosen strength (None: nothing within the budget).
+        chosen: the chosen strength (None: nothing within the limit).
+        original_retain_ndcg: the original's retain NDCG@10 (None without candidates).
         record_passes: records run through the model (every candidate and the original, D_f + D_r).
         seconds: wall time of the search (writing candidates, loading, evaluating).
     """
 
-    budget: float
+    limit: Limit
     candidates: list[dict[str, Any]]
     chosen: float | None
+    original_retain_ndcg: float | None
     record_passes: int
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"retain_kl_budget": self.budget, "chosen_strength": self.chosen, "candidates": self.candidates,
+        kl = self.limit.kind == "retain_kl"
+        return {"limit": self.limit.kind, "retain_kl_budget": self.limit.value if kl else None,
+                "keep_retain": None if kl else self.limit.value, "chosen_strength": self.chosen,
+                "original_retain_ndcg@10": self.original_retain_ndcg, "candidates": self.candidates,
                 "record_passes": self.record_passes, "seconds": self.seconds}
 
 
@@ -67,12 +76,14 @@ def search_strength(
 
     ``base`` is a model id or path (loaded here with ``load``, a ``runtime.load.LoadSpec``) or a
     ``(model, tokenizer)`` pair. Raises ``NothingToDo`` when no strength of the ladder edits
-    anything or none keeps the retain KL within ``params.retain_kl``.
+    anything or none is within ``params``' limit (``--retain-kl`` or ``--keep-retain``).
     """
     from ucan_cli.methods.ucan.strength import REFINE_STEPS, choose, ladder, midpoint
 
     t0 = time.perf_counter()
-    budget = float(params.retain_kl)
+    limit = Limit.of(params)
+    if limit is None:
+        raise ValueError("search_strength needs params.retain_kl or params.keep_retain")
     strengths = ladder(float(params.strength))
     measure = _Measure(chosen, source, stats, params, base=base, forget_set=forget_set, retain_set=retain_set, template=template,
                        max_length=max_length, batch_size=batch_size, max_batch_tokens=max_batch_tokens, seed=seed, load=load,
@@ -84,30 +95,34 @@ def search_strength(
                 f"nothing to do: no strength from {strengths[0]:g} down to {strengths[-1]:g} changes the adapter "
                 "(every factor rounds to 1)"
             )
-        pick = choose(strengths, [c["retain_kl"] for c in measure.candidates], budget)
-        if pick is not None and pick > 0:  # bisect towards the next larger strength, which was over the budget
+        pick = choose(strengths, [c[limit.measure] for c in measure.candidates], limit)
+        if pick is not None and pick > 0:  # bisect towards the next larger strength, which was over the limit
             low, high = strengths[pick], strengths[pick - 1]
             for _ in range(REFINE_STEPS):
                 mid = midpoint(low, high)
                 row = measure([mid], "refine")[0]
-                if row["retain_kl"] is not None and row["retain_kl"] <= budget:
+                if limit.within(row):
                     low = mid
                 else:
                     high = mid
     finally:
         measure.close()
     candidates = sorted(measure.candidates, key=lambda c: -c["strength"])
-    pick = choose([c["strength"] for c in candidates], [c["retain_kl"] for c in candidates], budget)
+    pick = choose([c["strength"] for c in candidates], [c[limit.measure] for c in candidates], limit)
     search = StrengthSearch(
-        budget=budget, candidates=candidates, chosen=None if pick is None else candidates[pick]["strength"],
-        record_passes=measure.record_passes, seconds=time.perf_counter() - t0,
+        limit=limit, candidates=candidates, chosen=None if pick is None else candidates[pick]["strength"],
+        original_retain_ndcg=measure.original_retain_ndcg, record_passes=measure.record_passes,
+        seconds=time.perf_counter() - t0,
     )
     if pick is None:
-        least = min((c for c in candidates if c["retain_kl"] is not None), key=lambda c: c["retain_kl"])
+        measured = [c for c in candidates if c[limit.measure] is not None]
+        closest = (min if limit.kind == "retain_kl" else max)(measured, key=lambda c: c[limit.measure]) if measured else None
+        best = "" if closest is None else (
+            f" (the closest: {closest[limit.measure]:.4g} at strength {closest['strength']:g})")
         raise NothingToDo(
-            f"nothing to do: no strength from {strengths[0]:g} down to {strengths[-1]:g} keeps the retain KL within "
-            f"--retain-kl {budget:g} (the least: {least['retain_kl']:.4g} nats at strength {least['strength']:g}); "
-            "raise --retain-kl, or this request costs more of the retain set than you allowed",
+            f"nothing to do: no strength from {strengths[0]:g} down to {strengths[-1]:g} keeps {limit.describe()} "
+            f"({limit.flag} {limit.value:g}){best}; loosen {limit.flag}, or this request costs more of the retain set "
+            "than you allowed",
             {"strength_search": search.to_dict()},
         )
     return search
@@ -126,6 +141,7 @@ class _Measure:
                             seed=seed, progress=progress)
         self.load, self.allow_pickle, self.trust_remote_code = load, allow_pickle, trust_remote_code
         self.candidates: list[dict[str, Any]] = []
+        self.original_retain_ndcg: float | None = None
         self.record_passes = 0
         self._model = None
         self._tmp = tempfile.TemporaryDirectory(prefix="ucan-strength-")
@@ -136,10 +152,10 @@ class _Measure:
 
         rows, dirs = [], []
         for mu in strengths:
-            edit = self.method.edit(self.source, self.stats, replace(self.params, strength=mu, retain_kl=None),
+            edit = self.method.edit(self.source, self.stats, replace(self.params, strength=mu, retain_kl=None, keep_retain=None),
                                     seed=self.options["seed"])
             row = {"strength": mu, "stage": stage, "edited": edit.adapter is not self.source, "retain_kl": None,
-                   "forget_kl": None, "forget_recall@5": None}
+                   "retain_ndcg@10": None, "retain_ndcg@10_share": None, "forget_kl": None, "forget_recall@5": None}
             rows.append(row)
             if row["edited"]:
                 out = Path(self._tmp.name) / f"candidate-{len(self.candidates) + len(rows)}"
@@ -154,10 +170,14 @@ class _Measure:
         model, tokenizer = self._model
         entries = adapter_entries(self.source.path, [d for _, d in dirs], allow_pickle=self.allow_pickle)
         forget_set, retain_set = self.sets
-        result = run_evaluation(model, tokenizer, entries, forget_set, retain_set, None, ks=(5,), bootstrap=0, **self.options)
+        result = run_evaluation(model, tokenizer, entries, forget_set, retain_set, None, ks=(5, 10), bootstrap=0, **self.options)
+        self.original_retain_ndcg = result.value("original", "retain.ndcg@10")
         for (row, _), ident in zip(dirs, result.unlearned_ids):
+            ndcg = result.value(ident, "retain.ndcg@10")
+            share = ndcg / self.original_retain_ndcg if ndcg is not None and self.original_retain_ndcg else None
             row.update(retain_kl=result.value(ident, "retain.kl"), forget_kl=result.value(ident, "forget.kl"),
-                       **{"forget_recall@5": result.value(ident, "forget.recall@5")})
+                       **{"retain_ndcg@10": ndcg, "retain_ndcg@10_share": share,
+                          "forget_recall@5": result.value(ident, "forget.recall@5")})
         self.record_passes += (len(dirs) + 1) * (len(forget_set) + len(retain_set))
         return rows
 

@@ -158,12 +158,14 @@ def _direction_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     s, t = doc["summary"], doc["totals"]
     search = s.get("strength_search")
-    chosen = [] if not search else [(
-        "strength chosen by --retain-kl",
-        f"{fmt(search['chosen_strength'])}: retain KL {fmt(_chosen_row(search)['retain_kl'])} <= {fmt(search['retain_kl_budget'])} "
-        f"nats, forget KL {fmt(_chosen_row(search)['forget_kl'])} ({sum(c['edited'] for c in search['candidates'])} "
-        f"strengths measured, {search['record_passes']} record passes)",
-    )]
+    chosen = []
+    if search:
+        limit, row = search_limit(search), _chosen_row(search)
+        kept = (f"retain KL {fmt(row['retain_kl'])} <= {fmt(limit.value)} nats" if limit.kind == "retain_kl" else
+                f"retain NDCG@10 {fmt(row['retain_ndcg@10_share'])} x the original's >= {fmt(limit.value)}, retain KL {fmt(row['retain_kl'])}")
+        chosen = [(f"strength chosen by {limit.flag}",
+                   f"{fmt(search['chosen_strength'])}: {kept}, forget KL {fmt(row['forget_kl'])} "
+                   f"({sum(c['edited'] for c in search['candidates'])} strengths measured, {search['record_passes']} record passes)")]
     return [
         ("unit", f"direction (gate {s['gate']}, strength {fmt(s['strength'])}, shrinkage {fmt(s['shrinkage'])})"),
         *chosen,
@@ -177,28 +179,45 @@ def _direction_headline(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def search_limit(search: Mapping[str, Any]):
+    """The ``Limit`` a report's ``strength_search`` was run under."""
+    from ucan_cli.methods.ucan.strength import Limit
+
+    kind = search.get("limit", "retain_kl")
+    return Limit(kind, search["retain_kl_budget"] if kind == "retain_kl" else search["keep_retain"])
+
+
+def strength_title(search: Mapping[str, Any]) -> str:
+    """``Strength search (--keep-retain 0.95)``."""
+    from ucan_cli.report import fmt
+
+    limit = search_limit(search)
+    return f"Strength search ({limit.flag} {fmt(limit.value)})"
+
+
 def _chosen_row(search: Mapping[str, Any]) -> Mapping[str, Any]:
     """The candidate of a strength search that was chosen."""
     return next(c for c in search["candidates"] if c["strength"] == search["chosen_strength"])
 
 
-STRENGTH_COLUMNS = ("strength", "retain KL", "forget KL", "forget KL / retain KL", "forget Recall@5", "")
+STRENGTH_COLUMNS = ("strength", "retain KL", "retain NDCG@10 x", "forget KL", "forget KL / retain KL", "forget Recall@5", "")
 
 
 def strength_rows(search: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """One row per candidate of a ``--retain-kl`` search (STRENGTH_COLUMNS), largest strength first."""
+    """One row per candidate of a strength search (STRENGTH_COLUMNS), largest strength first."""
     from ucan_cli.report import fmt
 
+    limit = search_limit(search)
     rows = []
     for c in search["candidates"]:
         if not c["edited"]:
-            rows.append((fmt(c["strength"]), "-", "-", "-", "-", "edits nothing"))
+            rows.append((fmt(c["strength"]), "-", "-", "-", "-", "-", "edits nothing"))
             continue
         r, f = c["retain_kl"], c["forget_kl"]
         ratio = fmt(f / r) if r and f is not None else "-"
-        mark = "chosen" if c["strength"] == search["chosen_strength"] else ("over budget" if r is None or r > search["retain_kl_budget"] else "")
+        mark = "chosen" if c["strength"] == search["chosen_strength"] else ("" if limit.within(c) else "outside the limit")
         note = ", ".join(x for x in ("bisection" if c.get("stage") == "refine" else "", mark) if x)
-        rows.append((fmt(c["strength"]), fmt(r), fmt(f), ratio, fmt(c.get("forget_recall@5")), note))
+        rows.append((fmt(c["strength"]), fmt(r), fmt(c.get("retain_ndcg@10_share")), fmt(f), ratio, fmt(c.get("forget_recall@5")), note))
     return rows
 
 
@@ -295,8 +314,7 @@ def render_attenuate(ui, doc: Mapping[str, Any], *, limit: int | None = 20) -> N
         ui.table(render_direction_table(doc["summary"]["directions"], title="Directions per module (largest max lambda / lambda0 first)", limit=limit))
     if doc["summary"].get("strength_search"):
         search = doc["summary"]["strength_search"]
-        table = Table(title=f"Strength search (--retain-kl {fmt(search['retain_kl_budget'])}): measured on the forget and retain sets",
-                      title_justify="left")
+        table = Table(title=f"{strength_title(search)}: measured on the forget and retain sets", title_justify="left")
         for col in STRENGTH_COLUMNS:
             table.add_column(col, justify="right" if col else "left")
         for row in strength_rows(search):
@@ -351,9 +369,10 @@ def attenuate_markdown(doc: Mapping[str, Any], *, limit: int | None = 50) -> str
             )
     if doc["summary"].get("strength_search"):
         search = doc["summary"]["strength_search"]
-        lines += ["", f"## Strength search (--retain-kl {fmt(search['retain_kl_budget'])})", "",
-                  "Each candidate strength's edit, measured on the forget and retain sets (KL from the original, as `ucan eval` "
-                  "reports it); the largest strength within the budget was chosen.", "",
+        lines += ["", f"## {strength_title(search)}", "",
+                  "Each candidate strength's edit, measured on the forget and retain sets (KL from the original and NDCG@10 "
+                  f"over the original's, as `ucan eval` reports them); the largest strength with {search_limit(search).describe()} "
+                  "was chosen.", "",
                   "| " + " | ".join(c or "note" for c in STRENGTH_COLUMNS) + " |", "|" + "---:|" * (len(STRENGTH_COLUMNS) - 1) + "---|"]
         lines += ["| " + " | ".join(row) + " |" for row in strength_rows(search)]
     lines += ["", "## Options", "", "| option | value |", "|---|---|"]

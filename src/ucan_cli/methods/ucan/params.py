@@ -34,9 +34,9 @@ DECAYS = ("sigmoid", "exp", "hard")
 UNITS = ("output", "rank", "direction")
 GATES = ("noise", "none")
 #: Options of direction units only (SPEC 3b); the documents of other units do not carry them.
-DIRECTION_ONLY = ("gate", "strength", "shrinkage", "max_memory", "retain_kl")
+DIRECTION_ONLY = ("gate", "strength", "shrinkage", "max_memory", "retain_kl", "keep_retain")
 #: Options that choose an edit by measuring it: ``attenuate`` takes them, ``score`` does not.
-ATTENUATE_ONLY = ("retain_kl",)
+ATTENUATE_ONLY = ("retain_kl", "keep_retain")
 #: U-CAN's steps 2-5 options, which direction units do not use (their documents do not carry them).
 UNIT_SCORING_ONLY = ("lam", "t_risk", "min_gap", "ratio", "tau", "decay", "sharpness", "floor", "no_contrast", "no_utility")
 TOKEN_SCOPES = ("response", "last", "all")
@@ -69,6 +69,9 @@ class MethodParams:
             next larger) whose edit keeps the retain set's KL from the original (as ``ucan eval``
             reports it) within this many nats (``--retain-kl``; ``ucan_cli.flows.strength``).
             None: ``strength`` as given.
+        keep_retain: direction units only: the same search, with the limit on utility instead:
+            the edit must keep the retain set's NDCG@10 at least this share of the original's
+            (``--keep-retain``; excludes ``retain_kl``). None: not used.
 
     Defaults were tuned on the demo world (benchmarks/sweep.py; evidence in docs/method.md,
     "Tuned defaults (evidence)").
@@ -130,7 +133,14 @@ class MethodParams:
         "largest whose edit moves the retain set by at most this retain KL (nats, as `ucan eval` reports it), then two "
         "bisections towards the next larger. attenuate only; needs --base, --forget and --retain (also with --scores); "
         "costs one forward pass over forget + retain per candidate. Off by default (--strength as given).",
-        min=0.0,
+        min=0.0, excludes="keep_retain",
+    )
+    keep_retain: float | None = option(
+        None, "--keep-retain",
+        "Direction units: the same search as --retain-kl with a limit on utility instead: the largest strength whose "
+        "edit keeps the retain set's NDCG@10 at least this share of the original's (e.g. 0.95; the retain records "
+        "need candidates). attenuate only; excludes --retain-kl. Off by default.",
+        min=0.0, excludes="retain_kl",
     )
 
     def validate(self) -> MethodParams:
@@ -172,9 +182,22 @@ class MethodParams:
             raise InputError(f"--max-memory must be a finite number of GiB > 0, got {self.max_memory}")
         if self.retain_kl is not None and not (finite(self.retain_kl) and self.retain_kl > 0):
             raise InputError(f"--retain-kl must be a finite number of nats > 0, got {self.retain_kl}")
-        if self.retain_kl is not None and not self.strength > 0:
-            raise InputError("--retain-kl searches strengths below --strength, which must then be > 0")
+        if self.retain_kl is not None and self.keep_retain is not None:
+            raise InputError("--retain-kl and --keep-retain are mutually exclusive; give one of them")
+        if self.keep_retain is not None and not (finite(self.keep_retain) and 0 < self.keep_retain <= 1):
+            raise InputError(f"--keep-retain must be a share in (0, 1] of the original's retain NDCG@10, got {self.keep_retain}")
+        for value, flag in ((self.retain_kl, "--retain-kl"), (self.keep_retain, "--keep-retain")):
+            if value is not None and not self.strength > 0:
+                raise InputError(f"{flag} searches strengths below --strength, which must then be > 0")
         return self
+
+    @property
+    def strength_search(self) -> str | None:
+        """The flag of the option that has the strength measured (``--retain-kl`` or
+        ``--keep-retain``), or None when ``strength`` is used as given."""
+        if self.retain_kl is not None:
+            return "--retain-kl"
+        return "--keep-retain" if self.keep_retain is not None else None
 
     @property
     def effective_lambda(self) -> float:

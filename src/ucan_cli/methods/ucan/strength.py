@@ -1,19 +1,22 @@
-"""``--retain-kl``: the pure part of choosing direction units' strength by measurement.
+"""``--retain-kl`` / ``--keep-retain``: the pure part of choosing direction units' strength by measurement.
 
 The candidates are a halving ladder below ``--strength`` (``ladder``): mu, mu/2, ..., mu/2^7. Each
 candidate's edit is measured by a forward pass (``ucan_cli.flows.strength``); ``choose`` then takes
-the largest strength whose measured retain KL is within the budget. A factor of 2 in mu is about a
-factor of 2 in retain KL, so the choice is then refined by ``REFINE_STEPS`` bisections (geometric
-midpoints, ``midpoint``) between it and the next larger ladder strength, which was over the budget:
-the strength used is within a factor 2^(1/4) of the largest the budget allows. Every step is
-determined by the measurements before it, so the choice is reproducible from the options alone
-(``--strength`` is the ladder's top, ``--retain-kl`` the budget).
+the largest strength whose measurement is within the ``Limit``: a retain KL from the original of at
+most ``--retain-kl`` nats, or a retain NDCG@10 of at least ``--keep-retain`` x the original's. A
+factor of 2 in mu is about a factor of 2 in retain KL, so the choice is then refined by
+``REFINE_STEPS`` bisections (geometric midpoints, ``midpoint``) between it and the next larger
+ladder strength, which was over the limit: the strength used is within a factor 2^(1/4) of the
+largest the limit allows. Every step is determined by the measurements before it, so the choice is
+reproducible from the options alone (``--strength`` is the ladder's top).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 LADDER_STEPS = 8
 """Ladder candidates per search: --strength and seven halvings (down to --strength / 128)."""
@@ -30,12 +33,59 @@ def ladder(top: float, steps: int = LADDER_STEPS) -> list[float]:
     return [top / 2.0**k for k in range(steps)]
 
 
-def choose(strengths: Sequence[float], retain_kl: Sequence[float | None], budget: float) -> int | None:
-    """Index of the largest strength whose retain KL is at most ``budget`` (None or NaN counts as
-    over the budget), or None when no candidate is within it."""
-    if len(strengths) != len(retain_kl):
-        raise ValueError("one retain KL per strength")
-    within = [i for i, kl in enumerate(retain_kl) if kl is not None and math.isfinite(kl) and kl <= budget]
+@dataclass(frozen=True)
+class Limit:
+    """What a candidate strength's measured edit must keep.
+
+    Attributes:
+        kind: ``retain_kl``: the retain set's KL from the original (as ``ucan eval`` reports it)
+            at most ``value`` nats; ``keep_retain``: the retain set's NDCG@10 at least ``value``
+            x the original's (the records must rank candidates).
+        value: the budget (nats) or the share.
+    """
+
+    kind: str
+    value: float
+
+    @classmethod
+    def of(cls, params) -> Limit | None:
+        """The limit a ``MethodParams`` asks for (None: ``--strength`` as given)."""
+        if params.retain_kl is not None:
+            return cls("retain_kl", float(params.retain_kl))
+        if params.keep_retain is not None:
+            return cls("keep_retain", float(params.keep_retain))
+        return None
+
+    @property
+    def flag(self) -> str:
+        return "--retain-kl" if self.kind == "retain_kl" else "--keep-retain"
+
+    @property
+    def measure(self) -> str:
+        """The candidate row's key that the limit reads."""
+        return "retain_kl" if self.kind == "retain_kl" else "retain_ndcg@10_share"
+
+    def ok(self, x: float | None) -> bool:
+        """Whether a measured value is within the limit (None or NaN: not)."""
+        if x is None or not math.isfinite(x):
+            return False
+        return x <= self.value if self.kind == "retain_kl" else x >= self.value
+
+    def within(self, row: Mapping[str, Any]) -> bool:
+        return self.ok(row.get(self.measure))
+
+    def describe(self) -> str:
+        if self.kind == "retain_kl":
+            return f"retain KL <= {self.value:g} nats"
+        return f"retain NDCG@10 >= {self.value:g} x the original's"
+
+
+def choose(strengths: Sequence[float], measured: Sequence[float | None], limit: Limit) -> int | None:
+    """Index of the largest strength whose measured value (``limit.measure``) is within ``limit``
+    (None or NaN counts as outside), or None when no candidate is within it."""
+    if len(strengths) != len(measured):
+        raise ValueError("one measured value per strength")
+    within = [i for i, x in enumerate(measured) if limit.ok(x)]
     return max(within, key=lambda i: strengths[i]) if within else None
 
 
@@ -46,4 +96,4 @@ def midpoint(low: float, high: float) -> float:
     return math.sqrt(low * high)
 
 
-__all__ = ["LADDER_STEPS", "REFINE_STEPS", "choose", "ladder", "midpoint"]
+__all__ = ["LADDER_STEPS", "REFINE_STEPS", "Limit", "choose", "ladder", "midpoint"]
