@@ -41,18 +41,24 @@ def default_worlds():
 
 @pytest.fixture(scope="module")
 def small_built(tmp_path_factory):
-    """A small world built through the cache (group, then random reusing its base and original)."""
+    """A small world built through the cache (group), then the random scenario's build request,
+    which must reuse the group world's base and original. That build is recorded, not run: the
+    builder's reuse (base and original copied byte for byte, only the reference trained) is
+    tests/test_demo_world.py's, and a second MovieLens training here would cost 16 s of the suite."""
     from ucan_cli.demo import movielens_world as movielens
 
     started = time.time()
     root = tmp_path_factory.mktemp("ucan-cache")
     notes: list[str] = []
     group, how_group = movielens.ensure_movielens_world(0, "group", size="small", root=root, on_build=notes.append)
-    random_, how_random = movielens.ensure_movielens_world(0, "random", size="small", root=root, on_build=notes.append)
+    builds: list[tuple] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(movielens, "build_movielens_world", lambda seed, scenario, out, progress, **kw: builds.append((seed, scenario, out, kw)))
+        random_, how_random = movielens.ensure_movielens_world(0, "random", size="small", root=root, on_build=notes.append)
     again, how_again = movielens.ensure_movielens_world(0, "group", size="small", root=root)
     return {
         "root": root, "started": started, "notes": notes, "group": group, "random": random_, "again": again,
-        "how": (how_group, how_random, how_again),
+        "how": (how_group, how_random, how_again), "builds": builds,
     }  # fmt: skip
 
 
@@ -154,26 +160,24 @@ def test_small_world_layout_and_cache(small_built):
     assert small_built["how"] == ("built", "built", "cached")
     assert small_built["again"] == small_built["group"]
     assert "base model and both adapters" in small_built["notes"][0] and "reference adapter" in small_built["notes"][1]
-    for scenario in ("group", "random"):
-        path = small_built[scenario]
-        assert small_built["root"] in path.parents
-        assert path.name == f"movielens-small-seed0-{scenario}"
-        for name in ("base/config.json", "base/model.safetensors", "base/tokenizer.json", "original/adapter_config.json",
-                     "original/adapter_model.safetensors", "reference/adapter_model.safetensors", "public.jsonl",
-                     "forget.jsonl", "retain.jsonl", "holdout.jsonl", "world.json"):  # fmt: skip
-            assert (path / name).is_file(), name
-        manifest = _manifest(path)
-        assert manifest["data"] == DATA_LABEL == "movielens-100k bench preset"
-        assert manifest["key"] == world_key(0, scenario, "small")
-        assert manifest["group"]["genre"] == "Mystery"
-    group, random_ = _manifest(small_built["group"]), _manifest(small_built["random"])
+    path = small_built["group"]
+    assert small_built["root"] in path.parents
+    assert path.name == "movielens-small-seed0-group"
+    for name in ("base/config.json", "base/model.safetensors", "base/tokenizer.json", "original/adapter_config.json",
+                 "original/adapter_model.safetensors", "reference/adapter_model.safetensors", "public.jsonl",
+                 "forget.jsonl", "retain.jsonl", "holdout.jsonl", "world.json"):  # fmt: skip
+        assert (path / name).is_file(), name
+    group = _manifest(path)
+    assert group["data"] == DATA_LABEL == "movielens-100k bench preset"
+    assert group["key"] == world_key(0, "group", "small")
+    assert group["group"]["genre"] == "Mystery"
     assert group["world"]["forget_member_share"] == 1.0 and group["world"]["retain_member_share"] == 0.0
-    for count in ("n_forget_users", "n_retain_users"):
-        assert group["world"][count] == random_["world"][count]
-    # The random world reused the group world's base and original adapter, byte for byte.
-    assert random_["reused_base_and_original"] and not group["reused_base_and_original"]
-    for name in ("base/model.safetensors", "original/adapter_model.safetensors"):
-        assert (small_built["group"] / name).read_bytes() == (small_built["random"] / name).read_bytes()
+    assert not group["reused_base_and_original"]
+    # The random scenario's build went to its own directory and reuses the group world's base and original.
+    assert small_built["random"].name == "movielens-small-seed0-random" and small_built["root"] in small_built["random"].parents
+    [(seed, scenario, out, kw)] = small_built["builds"]
+    assert (seed, scenario, Path(out)) == (0, "random", small_built["random"])
+    assert kw["reuse"] == small_built["group"] and kw["size"] == "small" and kw["force"] is True
 
 
 def test_original_memorizes_forget_records_the_reference_never_saw(small_built):
