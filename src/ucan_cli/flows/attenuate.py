@@ -150,10 +150,11 @@ def attenuate(
             ``min_gap``, ``ratio``, ``tau``, ``decay``, ``sharpness``, ``floor``,
             ``no_contrast``, ``no_utility``; direction units' ``gate``, ``strength``,
             ``shrinkage``, ``max_memory``, ``retain_kl``, ``keep_retain``) merged over the score file's parameters
-            (with ``scores``) or the defaults. ``retain_kl`` chooses the strength by measuring
-            the edits of the ladder below ``strength`` (``ucan_cli.flows.strength``; needs
-            ``base``, ``forget`` and ``retain``); the report's ``summary.strength_search`` says
-            what was measured.
+            (with ``scores``) or the defaults. ``retain_kl`` or ``keep_retain`` chooses the
+            strength by measuring the edits of the ladder below ``strength``
+            (``ucan_cli.flows.strength``; needs ``base``, ``forget`` and ``retain``, and
+            ``keep_retain`` retain records with candidates); the report's
+            ``summary.strength_search`` says what was measured.
         token_scope: response (default), last or all; with ``scores`` it must match the file's.
         halves: the noise reference's split of D_r (``auto``, ``users``, ``records``); with
             ``scores`` it must match the file's.
