@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import (  # noqa: E402
-    evaluate_dirs, fmt, metrics_of, objective, open_bench, over_worlds, paired_differences, resolve_world, world_parser, write_json,
+    evaluate_dirs, fmt, metrics_of, objective, open_bench, paired_differences, resolve_world, run_study, world_parser,
 )
 
 MUS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
@@ -114,19 +114,21 @@ def retain_share(adapter, solutions, mu: float) -> tuple[float, float]:
     return removed_r / total_r, removed_f / total_f
 
 
-def write_edit(bench, adapter, solutions, plan: dict[int, tuple[str, float]], name: str) -> Path:
-    """An adapter with module i edited at ``plan[i]`` = (gate, mu); other modules untouched."""
+def write_a(bench, adapter, new_a: dict, name: str) -> Path:
+    """A fresh adapter dir under the work dir: ``adapter`` with A of module i replaced by
+    ``new_a[i]`` (float64 numpy, cast to A's dtype); other modules untouched."""
     import torch
 
-    replacements = {}
-    for i, (gate, mu) in plan.items():
-        module = adapter.modules[i]
-        a_new, _ = edited_a(module, solutions[i], gate, mu)
-        replacements[module.key_A] = torch.from_numpy(a_new).to(module.A.dtype)
     out = bench.new_dir(name)
     out.mkdir(parents=True)
+    replacements = {adapter.modules[i].key_A: torch.from_numpy(a).to(adapter.modules[i].A.dtype) for i, a in new_a.items()}
     adapter.with_tensors(replacements).write_into(out)
     return out
+
+
+def write_edit(bench, adapter, solutions, plan: dict[int, tuple[str, float]], name: str) -> Path:
+    """An adapter with module i edited at ``plan[i]`` = (gate, mu); other modules untouched."""
+    return write_a(bench, adapter, {i: edited_a(adapter.modules[i], solutions[i], gate, mu)[0] for i, (gate, mu) in plan.items()}, name)
 
 
 def allocate(probes: dict, n_modules: int, grid, budget: float) -> dict[int, float]:
@@ -153,20 +155,30 @@ def allocate(probes: dict, n_modules: int, grid, budget: float) -> dict[int, flo
         spent += best[2]
 
 
-def product_search(bench, budget: float, top: float) -> tuple[Path | None, dict]:
-    """``attenuate --unit direction --gate none --strength TOP --retain-kl BUDGET`` from a fresh
-    statistics pass (the product's search, flows/strength.py), forced past a weak verdict."""
+def search_edit(bench, limit: dict, top: float) -> tuple[Path | None, dict, str | None]:
+    """``attenuate --unit direction --gate none --strength TOP`` with a strength search ``limit``
+    (``{"retain_kl": 0.2}`` or ``{"keep_retain": 0.95}``) from a fresh statistics pass (the
+    product's search, flows/strength.py), forced past a weak verdict: (the written adapter, or None
+    when nothing was within the limit; the report's ``strength_search``; the reason when None)."""
     from ucan_cli.errors import NothingToDo
     from ucan_cli.flows.attenuate import attenuate
 
-    out = bench.new_dir(f"retain-kl-{budget}")
-    params = {"unit": "direction", "gate": "none", "strength": top, "retain_kl": budget}
+    (kind, value), = limit.items()
+    out = bench.new_dir(f"{kind}-{value}")
+    params = {"unit": "direction", "gate": "none", "strength": top, **limit}
     try:
         run = attenuate(bench.original, out, base=(bench.model, bench.tokenizer), forget=bench.sets["forget"].path,
                         retain=bench.sets["retain"].path, params=params, receipt_key=bench.key, accept_weak=True)
-    except NothingToDo as exc:  # no strength of the ladder within the budget: no edit to evaluate
-        return None, {"kind": "search", "budget": budget, "chosen": None, "status": exc.message}
-    search = run.report["summary"]["strength_search"]
+    except NothingToDo as exc:  # no strength of the ladder within the limit: no edit to evaluate
+        return None, exc.details.get("strength_search", {}), exc.message
+    return out, run.report["summary"]["strength_search"], None
+
+
+def product_search(bench, budget: float, top: float) -> tuple[Path | None, dict]:
+    """``search_edit`` with ``--retain-kl BUDGET``, described for this script's rows."""
+    out, search, reason = search_edit(bench, {"retain_kl": budget}, top)
+    if out is None:
+        return None, {"kind": "search", "budget": budget, "chosen": None, "status": reason}
     return out, {"kind": "search", "budget": budget, "chosen": search["chosen_strength"], "search": search}
 
 
@@ -328,17 +340,9 @@ def print_summary(s: dict, worlds: list[dict]) -> None:
 def main(argv=None) -> int:
     parser = world_parser(__doc__, "the small world, a tiny grid (a smoke run)")
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
-    size = "small" if args.quick else "default"
     grids = QUICK if args.quick else {"mus": MUS, "probes": PROBES, "budgets": BUDGETS}
-    worlds = over_worlds(["group:0"] if args.quick else args.worlds, lambda spec, work: run_world(spec, size, work, grids),
-                         print_world, prefix="ucan-budget-")
-    s = summary(worlds, grids["budgets"])
-    print_summary(s, worlds)
-    if args.out:
-        write_json(args.out, {"worlds": worlds, "summary": s})
+    run_study(args, lambda spec, size, work: run_world(spec, size, work, grids), print_world,
+              lambda worlds: summary(worlds, grids["budgets"]), print_summary, prefix="ucan-budget-")
     return 0
 
 

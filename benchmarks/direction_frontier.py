@@ -49,8 +49,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import evaluate_dirs, fmt, metrics_of, open_bench, over_worlds, world_parser, write_json  # noqa: E402
-from direction_budget import output_units, world_of  # noqa: E402
+from harness import evaluate_dirs, fmt, metrics_of, open_bench, run_study, world_parser  # noqa: E402
+from direction_budget import output_units, search_edit, solve, world_of, write_a  # noqa: E402
 
 GRIDS = {
     "closed form": (0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.7, 1.0),
@@ -109,30 +109,6 @@ def moments(bench, adapter_dir: Path):
                  params=MethodParams(unit="direction"), receipt_key=bench.key, cache_dir=bench.work / "stats-cache").stats
 
 
-def solutions(stats, adapter):
-    """Per module: (eigen-solution, S^f, S^r, lambda0) at the product's shrinkage 1e-6."""
-    from ucan_cli.methods.ucan import directions as dm
-
-    out = []
-    for i in range(len(adapter.modules)):
-        f, r = stats.forget.mean(i), stats.retain.mean(i)
-        delta = dm.ridge(r, 1e-6)
-        lam0, _ = dm.noise_level(stats.half_a.mean(i), stats.half_b.mean(i), delta)
-        out.append((dm.generalized_eigh(f, r, delta), f, r, lam0))
-    return out
-
-
-def write(bench, adapter, new_a: dict, name: str) -> Path:
-    """The adapter with A of module i replaced by ``new_a[i]`` (float64 numpy)."""
-    import torch
-
-    out = bench.new_dir(name)
-    out.mkdir(parents=True)
-    replacements = {adapter.modules[i].key_A: torch.from_numpy(a).to(adapter.modules[i].A.dtype) for i, a in new_a.items()}
-    adapter.with_tensors(replacements).write_into(out)
-    return out
-
-
 def spectral_edit(adapter, sol, family: str, strength: float) -> dict:
     import torch
 
@@ -156,7 +132,7 @@ def sequential_edit(bench, adapter, stats0, mu: float) -> dict:
     stats = stats0
     for k, layer in enumerate(layers):
         if k:
-            stats = moments(bench, write(bench, adapter, new_a, f"seq-{mu:g}-{layer}"))
+            stats = moments(bench, write_a(bench, adapter, new_a, f"seq-{mu:g}-{layer}"))
         for i, module in enumerate(adapter.modules):
             if layer_of(module.name) == layer:
                 f, r = stats.forget.mean(i), stats.retain.mean(i)
@@ -221,23 +197,6 @@ def scaled(grids: dict, scale: float) -> dict:
     return {f: tuple(x if f in keep else (x / scale if f == "hard" else x * scale) for x in g) for f, g in grids.items()}
 
 
-def product_search(bench, limit: dict) -> tuple[Path | None, dict]:
-    """``attenuate --unit direction --gate none --strength 4`` with the strength search ``limit``
-    (``{"keep_retain": 0.95}`` or ``{"retain_kl": 0.2}``), forced past a weak verdict: (the written
-    adapter or None when nothing was within the limit, the report's ``strength_search``)."""
-    from ucan_cli.errors import NothingToDo
-    from ucan_cli.flows.attenuate import attenuate
-
-    out = bench.new_dir("search")
-    params = {"unit": "direction", "gate": "none", "strength": SEARCH_TOP, **limit}
-    try:
-        run = attenuate(bench.original, out, base=(bench.model, bench.tokenizer), forget=bench.sets["forget"].path,
-                        retain=bench.sets["retain"].path, params=params, receipt_key=bench.key, accept_weak=True)
-    except NothingToDo as exc:
-        return None, exc.details.get("strength_search", {})
-    return out, run.report["summary"]["strength_search"]
-
-
 def run_world(spec: str, size: str, work: Path, grids: dict) -> dict:
     import torch
 
@@ -247,12 +206,12 @@ def run_world(spec: str, size: str, work: Path, grids: dict) -> dict:
     bench = open_bench(world_of(spec, size), work)
     adapter = LoraAdapter.load(bench.original)
     stats0 = moments(bench, bench.original)
-    sol = solutions(stats0, adapter)
+    sol = solve(stats0, adapter)
     steps = gradient_steps(adapter, sol, forget_gradients(bench, adapter)) if grids.get("one-step gradient") else {}
     edits: list[tuple[str, float | None, Path]] = [("output units (defaults)", None, output_units(bench))]
     searches = {}
     for family, limit in PRODUCT.items():  # the product's searches: a strength a user can get, beside the oracle's
-        path, search = product_search(bench, limit)
+        path, search, _ = search_edit(bench, limit, SEARCH_TOP)
         searches[family] = search
         if path is not None:
             edits.append((family, search["chosen_strength"], path))
@@ -264,7 +223,7 @@ def run_world(spec: str, size: str, work: Path, grids: dict) -> dict:
                 new_a = {i: m.A.to(torch.float64).numpy() + strength * steps[i] for i, m in enumerate(adapter.modules)}
             else:
                 new_a = spectral_edit(adapter, sol, family, strength)
-            edits.append((family, strength, write(bench, adapter, new_a, family.replace(" ", "-"))))
+            edits.append((family, strength, write_a(bench, adapter, new_a, family.replace(" ", "-"))))
     rows: list[dict] = []
     for start in range(0, len(edits), CHUNK):
         chunk = edits[start:start + CHUNK]
@@ -340,17 +299,9 @@ def main(argv=None) -> int:
                         help="multiply the spectral families' strengths by this (hard: divide tau); e.g. 4 for the "
                              "256-wide worlds, whose eigenvalues are smaller (their --retain-kl strengths were 1-1.4, not 0.15-0.3)")
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
-    size = "small" if args.quick else "default"
     grids = scaled(QUICK if args.quick else GRIDS, args.scale)
-    worlds = over_worlds(["group:0"] if args.quick else args.worlds, lambda spec, work: run_world(spec, size, work, grids),
-                         print_world, prefix="ucan-frontier-")
-    s = summary(worlds)
-    print_summary(s, worlds)
-    if args.out:
-        write_json(args.out, {"worlds": worlds, "summary": s})
+    run_study(args, lambda spec, size, work: run_world(spec, size, work, grids), print_world, summary, print_summary,
+              prefix="ucan-frontier-")
     return 0
 
 

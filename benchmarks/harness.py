@@ -300,6 +300,23 @@ def over_worlds(specs: Sequence[str], run, show, *, prefix: str) -> list[dict]:
     return worlds
 
 
+def run_study(args, run_world, show_world, summarize, show_summary, *, prefix: str) -> dict:
+    """A world script's main after parsing (``world_parser``): torch on one thread,
+    ``run_world(spec, size, work)`` over ``--worlds`` (the small group:0 world with ``--quick``),
+    each shown as it ends, then ``summarize(worlds)``, shown and written with the worlds to ``--out``."""
+    import torch
+
+    torch.set_num_threads(1)
+    size = "small" if args.quick else "default"
+    worlds = over_worlds(["group:0"] if args.quick else args.worlds, lambda spec, work: run_world(spec, size, work),
+                         show_world, prefix=prefix)
+    summary = summarize(worlds)
+    show_summary(summary, worlds)
+    if args.out:
+        write_json(args.out, {"worlds": worlds, "summary": summary})
+    return summary
+
+
 def write_json(path: str | Path, doc: Any) -> None:
     """``doc`` as indented JSON (``json_ready``) at ``path``."""
     Path(path).write_text(json.dumps(json_ready(doc), indent=2) + "\n", encoding="utf-8")
