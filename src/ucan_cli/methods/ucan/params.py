@@ -195,9 +195,10 @@ class MethodParams:
     def strength_search(self) -> str | None:
         """The flag of the option that has the strength measured (``--retain-kl`` or
         ``--keep-retain``), or None when ``strength`` is used as given."""
-        if self.retain_kl is not None:
-            return "--retain-kl"
-        return "--keep-retain" if self.keep_retain is not None else None
+        from ucan_cli.methods.ucan.strength import Limit
+
+        limit = Limit.of(self)
+        return None if limit is None else limit.flag
 
     @property
     def effective_lambda(self) -> float:
