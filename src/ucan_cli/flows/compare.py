@@ -276,6 +276,7 @@ def compare(
     from ucan_cli.io.receipts import key_path
     from ucan_cli.methods.base import ACTIVATIONS, ADAPTER
     from ucan_cli.methods.registry import get as get_method
+    from ucan_cli.methods.ucan.params import ATTENUATE_ONLY
 
     # ---------------------------------------------------------------- checks (no model yet)
     methods = [m.strip() for m in methods if m.strip()]
@@ -343,7 +344,7 @@ def compare(
             kwargs = dict(common)
             if uses_stats:  # the shared statistics pass of its unit: no model loads
                 kwargs.update(scores=scores_paths[unit_of(method)], accept_weak=accept_weak)
-                if any(config.options.get(k) is not None for k in ("retain_kl", "keep_retain")):  # a strength search measures its candidates
+                if any(config.options.get(k) is not None for k in ATTENUATE_ONLY):  # a strength search measures its candidates
                     kwargs.update(base=base, retain=retain)
             elif method.statistics != ADAPTER:  # an adapter method (negate) takes neither
                 kwargs.update(base=base, retain=retain)
