@@ -464,7 +464,7 @@ def _check_ranked(retain) -> None:
     from ucan_cli.io.data import RecordSet, read_records
 
     records = retain if isinstance(retain, RecordSet) else read_records(retain, "retain")
-    bare = next((r for r in records if r.candidates is None), None)
+    bare = records.first_without_candidates()
     if bare is not None:
         raise InputError(
             f"{records.path}:{bare.line}: field 'candidates' is missing; --keep-retain measures the retain set's NDCG@10, "

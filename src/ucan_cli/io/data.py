@@ -72,7 +72,11 @@ class RecordSet:
 
     @property
     def has_candidates(self) -> bool:
-        return all(r.candidates is not None for r in self.records)
+        return self.first_without_candidates() is None
+
+    def first_without_candidates(self) -> Record | None:
+        """The first record with no ``candidates`` (its ``line`` names it in errors), or None."""
+        return next((r for r in self.records if r.candidates is None), None)
 
     def sample(self, max_samples: int | None, seed: int) -> RecordSet:
         """A seeded subset of at most ``max_samples`` records, kept in file order."""
